@@ -1,0 +1,35 @@
+// The per-element math of the relation module, shared by the CPU and CUDA kernels so that the
+// activations and their derivatives exist once. Codes match fastrel/activations.py CODES.
+// Kinks: relu'(0) = 0, abs'(0) = 0, leaky_relu'(0) = kLeakySlope (docs/math.md).
+#pragma once
+
+#ifdef __CUDACC__
+#define FASTREL_HD __host__ __device__ __forceinline__
+#else
+#define FASTREL_HD inline
+#endif
+
+namespace fastrel {
+
+enum Activation : int { kIdentity = 0, kRelu = 1, kLeakyRelu = 2, kAbs = 3 };
+
+constexpr float kLeakySlope = 0.01f;
+
+template <int A, typename T>
+FASTREL_HD T activate(T x) {
+  if constexpr (A == kRelu) return x > T(0) ? x : T(0);
+  else if constexpr (A == kLeakyRelu) return x > T(0) ? x : x * T(kLeakySlope);
+  else if constexpr (A == kAbs) return x < T(0) ? -x : x;
+  else return x;
+}
+
+// Derivative of activation A at x.
+template <int A, typename T>
+FASTREL_HD T derivative(T x) {
+  if constexpr (A == kRelu) return x > T(0) ? T(1) : T(0);
+  else if constexpr (A == kLeakyRelu) return x > T(0) ? T(1) : T(kLeakySlope);
+  else if constexpr (A == kAbs) return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
+  else return T(1);
+}
+
+}  // namespace fastrel

@@ -1,0 +1,70 @@
+"""What a backend is: the capabilities it declares, and the two functions it implements.
+
+A backend never raises from being imported. ``probe`` says whether it can run on this machine
+at all (built, importable); ``refusal`` says why it cannot take one particular call. Both return
+``None`` when all is well and a sentence otherwise, which dispatch shows to the user.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from fastrel import activations
+
+Tensor = torch.Tensor
+
+#: forward(a, b, weight, bias, key_mask, inner, outer) -> g (B, N, R) in a's dtype.
+#: Inputs are contiguous; weight and bias have a's dtype; key_mask is bool (B, M) or None.
+Forward = Callable[[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor], str, str], Tensor]
+
+#: backward(grad, a, b, weight, bias, key_mask, inner, outer, deterministic)
+#:     -> (da, db, dweight, dbias); dbias is a (R,) tensor even when bias is None.
+Backward = Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A way of computing ``global_relation``, with what it supports declared as data."""
+
+    name: str
+    summary: str
+    devices: tuple[str, ...]
+    dtypes: tuple[torch.dtype, ...]
+    forward: Forward
+    backward: Backward
+    probe: Callable[[], Optional[str]] = field(default=lambda: None)
+    inner: tuple[str, ...] = activations.INNER
+    outer: tuple[str, ...] = activations.OUTER
+    #: False when the backend only runs with atomics (cannot honour deterministic mode).
+    deterministic: bool = True
+
+    @functools.cached_property
+    def unavailable(self) -> Optional[str]:
+        """None when the backend can run on this machine, else why not (probed once)."""
+        try:
+            return self.probe()
+        except Exception as error:  # a broken build must read as a reason, not a crash
+            return f"{type(error).__name__}: {error}"
+
+    def refusal(
+        self, device: str, dtype: torch.dtype, inner: str, outer: str, deterministic: bool
+    ) -> Optional[str]:
+        """None when this backend accepts the call, else a sentence saying why it does not."""
+        if self.unavailable is not None:
+            return f"backend {self.name!r} is unavailable: {self.unavailable}"
+        if device not in self.devices:
+            return f"backend {self.name!r} runs on {list(self.devices)}, got device {device!r}"
+        if dtype not in self.dtypes:
+            names = [str(d).removeprefix("torch.") for d in self.dtypes]
+            return f"backend {self.name!r} supports dtypes {names}, got {str(dtype).removeprefix('torch.')}"
+        if inner not in self.inner:
+            return f"backend {self.name!r} supports inner in {list(self.inner)}, got {inner!r}"
+        if outer not in self.outer:
+            return f"backend {self.name!r} supports outer in {list(self.outer)}, got {outer!r}"
+        if deterministic and not self.deterministic:
+            return f"backend {self.name!r} cannot run in deterministic mode"
+        return None

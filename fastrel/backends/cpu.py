@@ -1,0 +1,20 @@
+"""Placeholder for the `cpu` backend (being written)."""
+
+import torch
+
+from fastrel.backends.base import Backend
+
+
+def _todo(*args, **kwargs):
+    raise NotImplementedError
+
+
+BACKEND = Backend(
+    name="cpu",
+    summary="not written yet",
+    devices=("cpu",),
+    dtypes=(torch.float32,),
+    forward=_todo,
+    backward=_todo,
+    probe=lambda: "not written yet",
+)

@@ -1,0 +1,1 @@
+"""Triton kernels of fastrel (installed as fastrel.kernels)."""
