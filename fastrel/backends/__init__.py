@@ -10,10 +10,9 @@ from fastrel.backends import cpu, cuda, reference, sort, triton
 from fastrel.backends.base import Backend
 
 #: Preference order for ``backend="auto"``: the first backend that accepts a call runs it.
-#: ``sort`` is exact and asymptotically cheaper, so it goes first where it applies.
-BACKENDS: dict[str, Backend] = {
-    m.BACKEND.name: m.BACKEND for m in (sort, triton, cuda, cpu, reference)
-}
+#: ``sort`` is exact and asymptotically cheaper, so it goes first where it applies; ``cpu``
+#: comes before ``triton`` so that CPU tensors never go to the Triton interpreter by default.
+BACKENDS: dict[str, Backend] = {m.BACKEND.name: m.BACKEND for m in (sort, cpu, triton, cuda, reference)}
 
 
 def select(
