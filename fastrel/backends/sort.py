@@ -171,7 +171,7 @@ def backward(grad, a, b, weight, bias, key_mask, inner, outer, deterministic):
 
 BACKEND = Backend(
     name="sort",
-    summary="exact O((N+M) log M·H) path, outer=identity and inner relu/abs (C++ on CPU, torch ops elsewhere)",
+    summary="exact O((N+M) log M·H) path for outer=identity, inner relu/abs (C++ on CPU, else torch ops)",
     devices=("cpu", "cuda"),
     dtypes=(torch.float64, torch.float32, torch.bfloat16, torch.float16),
     forward=forward,
