@@ -7,7 +7,10 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <utility>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "global_relation.h"
@@ -16,53 +19,78 @@
 namespace fastrel {
 namespace {
 
-// One channel's valid keys, ascending, with prefix[t] = Σ_{u<t} (keys[u] − centre).
+// Sorts (value, index) pairs ascending by value with an LSD radix sort on the order-preserving bit
+// pattern of the value: O(n) per channel instead of O(n log n), stable, so ties keep index order.
 template <typename key_t>
-struct SortedKeys {
-  std::vector<key_t> keys;
-  std::vector<double> prefix;
-  double centre = 0.0;
+class RadixSorter {
+ public:
+  using bits_t = std::conditional_t<sizeof(key_t) == 4, uint32_t, uint64_t>;
 
-  // Gathers the valid keys of row[0..M) (mask may be null) and sorts them.
-  template <typename scalar_t>
-  void build(const scalar_t* row, const bool* mask, int64_t M) {
-    keys.clear();
-    for (int64_t j = 0; j < M; ++j) {
-      if (mask == nullptr || mask[j]) keys.push_back(static_cast<key_t>(row[j]));
+  // values[0..n) → sorted[0..n) ascending and order[t], the index of sorted[t] in values.
+  void sort(const key_t* values, int64_t n, key_t* sorted, int32_t* order) {
+    bits_.resize(n);
+    spare_bits_.resize(n);
+    spare_order_.resize(n);
+    std::array<std::array<int64_t, kBuckets>, kPasses> counts{};
+    for (int64_t i = 0; i < n; ++i) {
+      bits_[i] = to_ordered_bits(values[i]);
+      order[i] = static_cast<int32_t>(i);
+      for (int pass = 0; pass < kPasses; ++pass) ++counts[pass][digit(bits_[i], pass)];
     }
-    std::sort(keys.begin(), keys.end());
-    double sum = 0.0;
-    for (key_t k : keys) sum += static_cast<double>(k);
-    centre = keys.empty() ? 0.0 : sum / static_cast<double>(keys.size());
-    prefix.resize(keys.size() + 1);
-    prefix[0] = 0.0;
-    for (size_t t = 0; t < keys.size(); ++t) prefix[t + 1] = prefix[t] + (static_cast<double>(keys[t]) - centre);
+    bits_t* from_bits = bits_.data();
+    int32_t* from_order = order;
+    bits_t* to_bits = spare_bits_.data();
+    int32_t* to_order = spare_order_.data();
+    for (int pass = 0; pass < kPasses; ++pass) {
+      if (n == 0 || counts[pass][digit(from_bits[0], pass)] == n) continue;  // one digit: nothing to move
+      std::array<int64_t, kBuckets> start;
+      int64_t offset = 0;
+      for (int d = 0; d < kBuckets; ++d) {
+        start[d] = offset;
+        offset += counts[pass][d];
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t slot = start[digit(from_bits[i], pass)]++;
+        to_bits[slot] = from_bits[i];
+        to_order[slot] = from_order[i];
+      }
+      std::swap(from_bits, to_bits);
+      std::swap(from_order, to_order);
+    }
+    for (int64_t i = 0; i < n; ++i) sorted[i] = from_ordered_bits(from_bits[i]);
+    if (from_order != order) std::copy(from_order, from_order + n, order);
   }
 
-  // Σ_j δ(q − key_j) over the valid keys, and its derivative in q (count below, minus count above
-  // for abs). Keys equal to q contribute 0 to both, as relu'(0) = abs'(0) = 0.
-  template <bool kIsAbs>
-  void relate(key_t q, double* total, double* slope) const {
-    const int64_t count = static_cast<int64_t>(keys.size());
-    const int64_t below = std::lower_bound(keys.begin(), keys.end(), q) - keys.begin();
-    const double qc = static_cast<double>(q) - centre;
-    double sum = static_cast<double>(below) * qc - prefix[below];
-    double derivative = static_cast<double>(below);
-    if constexpr (kIsAbs) {
-      const int64_t not_above = std::upper_bound(keys.begin() + below, keys.end(), q) - keys.begin();
-      const int64_t above = count - not_above;
-      sum += (prefix[count] - prefix[not_above]) - static_cast<double>(above) * qc;
-      derivative -= static_cast<double>(above);
-    }
-    *total = sum;
-    *slope = derivative;
+ private:
+  static constexpr int kBuckets = 256;
+  static constexpr int kPasses = sizeof(bits_t);
+  static constexpr bits_t kSign = bits_t(1) << (8 * sizeof(bits_t) - 1);
+
+  static int digit(bits_t bits, int pass) { return static_cast<int>((bits >> (8 * pass)) & 0xff); }
+
+  // Unsigned integers in the order of the floats (−0 is first made +0, so equal floats tie).
+  static bits_t to_ordered_bits(key_t value) {
+    bits_t bits;
+    const key_t canonical = value + key_t(0);
+    std::memcpy(&bits, &canonical, sizeof(bits));
+    return (bits & kSign) ? ~bits : (bits | kSign);
   }
+
+  static key_t from_ordered_bits(bits_t bits) {
+    bits = (bits & kSign) ? (bits ^ kSign) : ~bits;
+    key_t value;
+    std::memcpy(&value, &bits, sizeof(value));
+    return value;
+  }
+
+  std::vector<bits_t> bits_, spare_bits_;
+  std::vector<int32_t> spare_order_;
 };
 
-// Inputs laid out channel-major: a (B, H, N), b (B, H, M), mask (B, M) or null.
+// Inputs laid out channel-major: a (B, H, N), b (B, H, M), mask (B, M) or null. A task is one
+// (batch, channel) pair.
 template <typename scalar_t>
 struct Channels {
-  using key_t = at::opmath_type<scalar_t>;
   const scalar_t* a;
   const scalar_t* b;
   const bool* mask;
@@ -73,72 +101,120 @@ struct Channels {
   const bool* key_mask(int64_t task) const { return mask == nullptr ? nullptr : mask + (task / H) * M; }
 };
 
+// The work space of one thread: one channel's valid keys and its queries, each sorted, and the
+// prefix sums prefix[t] = Σ_{u<t} (keys[u] − centre) of the keys around their mean.
+template <typename key_t>
+struct Channel {
+  RadixSorter<key_t> sorter;
+  std::vector<key_t> gathered, keys, queries;
+  std::vector<int32_t> key_index, key_order, query_order;
+  std::vector<double> prefix;
+  double centre = 0.0;
+
+  int64_t count() const { return static_cast<int64_t>(keys.size()); }
+  double n() const { return static_cast<double>(std::max<int64_t>(count(), 1)); }
+
+  template <typename scalar_t>
+  void load(const scalar_t* key_row, const bool* mask, int64_t M, const scalar_t* query_row, int64_t N) {
+    gathered.clear();
+    key_index.clear();
+    for (int64_t j = 0; j < M; ++j) {
+      if (mask == nullptr || mask[j]) {
+        gathered.push_back(static_cast<key_t>(key_row[j]));
+        key_index.push_back(static_cast<int32_t>(j));
+      }
+    }
+    const int64_t k = static_cast<int64_t>(gathered.size());
+    keys.resize(k);
+    key_order.resize(k);
+    sorter.sort(gathered.data(), k, keys.data(), key_order.data());
+    double sum = 0.0;
+    for (key_t value : keys) sum += static_cast<double>(value);
+    centre = k == 0 ? 0.0 : sum / static_cast<double>(k);
+    prefix.resize(k + 1);
+    prefix[0] = 0.0;
+    for (int64_t t = 0; t < k; ++t) prefix[t + 1] = prefix[t] + (static_cast<double>(keys[t]) - centre);
+
+    gathered.resize(N);
+    for (int64_t i = 0; i < N; ++i) gathered[i] = static_cast<key_t>(query_row[i]);
+    queries.resize(N);
+    query_order.resize(N);
+    sorter.sort(gathered.data(), N, queries.data(), query_order.data());
+  }
+
+  // Walks the sorted queries against the sorted keys: visit(i, Σ_j δ(q_i − b_j), dΣ/dq_i) for every
+  // query. Keys equal to q_i contribute 0 to both, as relu'(0) = abs'(0) = 0.
+  template <bool kIsAbs, typename Visit>
+  void relate(Visit visit) const {
+    const int64_t k = count();
+    int64_t below = 0, not_above = 0;  // #{keys < q}, #{keys ≤ q}
+    for (size_t t = 0; t < queries.size(); ++t) {
+      const key_t q = queries[t];
+      while (below < k && keys[below] < q) ++below;
+      not_above = std::max(not_above, below);
+      const double qc = static_cast<double>(q) - centre;
+      double total = static_cast<double>(below) * qc - prefix[below];
+      double slope = static_cast<double>(below);
+      if constexpr (kIsAbs) {
+        while (not_above < k && !(q < keys[not_above])) ++not_above;
+        const int64_t above = k - not_above;
+        total += (prefix[k] - prefix[not_above]) - static_cast<double>(above) * qc;
+        slope -= static_cast<double>(above);
+      }
+      visit(query_order[t], total, slope);
+    }
+  }
+};
+
 template <typename scalar_t, bool kIsAbs>
 void forward_kernel(const Channels<scalar_t>& in, at::opmath_type<scalar_t>* mean) {
   using key_t = at::opmath_type<scalar_t>;
   at::parallel_for(0, in.B * in.H, 1, [&](int64_t begin, int64_t end) {
-    SortedKeys<key_t> sorted;
+    Channel<key_t> channel;
     for (int64_t task = begin; task < end; ++task) {
-      sorted.build(in.keys(task), in.key_mask(task), in.M);
-      const double n = static_cast<double>(std::max<size_t>(sorted.keys.size(), 1));
-      const scalar_t* q = in.queries(task);
+      channel.load(in.keys(task), in.key_mask(task), in.M, in.queries(task), in.N);
+      const double n = channel.n();
       key_t* out = mean + task * in.N;
-      for (int64_t i = 0; i < in.N; ++i) {
-        double total, slope;
-        sorted.template relate<kIsAbs>(static_cast<key_t>(q[i]), &total, &slope);
-        out[i] = static_cast<key_t>(total / n);
-      }
+      channel.template relate<kIsAbs>(
+          [&](int32_t i, double total, double) { out[i] = static_cast<key_t>(total / n); });
     }
   });
 }
 
 // grad (B, H, N) is dL/dD. Writes D (B, H, N), dL/da (B, H, N) and dL/db (B, H, M):
-//   da_i = grad_i · slope(a_i) / n,   db_j = −(Σ_{a_i > b_j} grad_i − [abs] Σ_{a_i < b_j} grad_i) / n.
+//   da_i = grad_i · slope(a_i) / n,   db_j = −(Σ_{a_i > b_j} grad_i − [abs] Σ_{a_i < b_j} grad_i) / n,
+// the sums read off the prefix sums of grad in ascending query order.
 template <typename scalar_t, bool kIsAbs>
 void backward_kernel(const Channels<scalar_t>& in, const at::opmath_type<scalar_t>* grad,
                      at::opmath_type<scalar_t>* mean, at::opmath_type<scalar_t>* da,
                      at::opmath_type<scalar_t>* db) {
   using key_t = at::opmath_type<scalar_t>;
   at::parallel_for(0, in.B * in.H, 1, [&](int64_t begin, int64_t end) {
-    SortedKeys<key_t> sorted;
-    std::vector<std::pair<key_t, int64_t>> order(in.N);
-    std::vector<key_t> sorted_queries(in.N);
+    Channel<key_t> channel;
     std::vector<double> scan(in.N + 1);
     for (int64_t task = begin; task < end; ++task) {
-      const bool* mask = in.key_mask(task);
-      sorted.build(in.keys(task), mask, in.M);
-      const double n = static_cast<double>(std::max<size_t>(sorted.keys.size(), 1));
-      const scalar_t* q = in.queries(task);
+      channel.load(in.keys(task), in.key_mask(task), in.M, in.queries(task), in.N);
+      const double n = channel.n();
       const key_t* g = grad + task * in.N;
-      for (int64_t i = 0; i < in.N; ++i) {
-        double total, slope;
-        sorted.template relate<kIsAbs>(static_cast<key_t>(q[i]), &total, &slope);
-        mean[task * in.N + i] = static_cast<key_t>(total / n);
-        da[task * in.N + i] = static_cast<key_t>(static_cast<double>(g[i]) * slope / n);
-      }
-      // Queries in ascending order, ties by index, so the scan is the same on every run.
-      for (int64_t i = 0; i < in.N; ++i) order[i] = {static_cast<key_t>(q[i]), i};
-      std::sort(order.begin(), order.end());
+      key_t* mean_row = mean + task * in.N;
+      key_t* da_row = da + task * in.N;
+      channel.template relate<kIsAbs>([&](int32_t i, double total, double slope) {
+        mean_row[i] = static_cast<key_t>(total / n);
+        da_row[i] = static_cast<key_t>(static_cast<double>(g[i]) * slope / n);
+      });
       scan[0] = 0.0;
-      for (int64_t t = 0; t < in.N; ++t) {
-        sorted_queries[t] = order[t].first;
-        scan[t + 1] = scan[t] + static_cast<double>(g[order[t].second]);
-      }
-      const scalar_t* keys = in.keys(task);
-      key_t* out = db + task * in.M;
-      for (int64_t j = 0; j < in.M; ++j) {
-        if (mask != nullptr && !mask[j]) {
-          out[j] = key_t(0);
-          continue;
-        }
-        const key_t k = static_cast<key_t>(keys[j]);
-        const int64_t below = std::lower_bound(sorted_queries.begin(), sorted_queries.end(), k) -
-                              sorted_queries.begin();
-        const int64_t not_above =
-            std::upper_bound(sorted_queries.begin() + below, sorted_queries.end(), k) - sorted_queries.begin();
+      for (int64_t t = 0; t < in.N; ++t) scan[t + 1] = scan[t] + static_cast<double>(g[channel.query_order[t]]);
+      key_t* db_row = db + task * in.M;
+      std::fill(db_row, db_row + in.M, key_t(0));  // masked keys
+      int64_t below = 0, not_above = 0;  // #{queries < key}, #{queries ≤ key}
+      for (int64_t u = 0; u < channel.count(); ++u) {
+        const key_t key = channel.keys[u];
+        while (below < in.N && channel.queries[below] < key) ++below;
+        not_above = std::max(not_above, below);
+        while (not_above < in.N && !(key < channel.queries[not_above])) ++not_above;
         double sum = scan[not_above] - scan[in.N];
         if constexpr (kIsAbs) sum += scan[below];
-        out[j] = static_cast<key_t>(sum / n);
+        db_row[channel.key_index[channel.key_order[u]]] = static_cast<key_t>(sum / n);
       }
     }
   });
@@ -152,6 +228,8 @@ void check_inputs(const at::Tensor& a, const at::Tensor& b, const std::optional<
               "sort path: expected a (B, N, H) and b (B, M, H), got ", a.sizes(), " and ", b.sizes());
   TORCH_CHECK(a.scalar_type() == b.scalar_type(), "sort path: expected b of dtype ", a.scalar_type(),
               ", got ", b.scalar_type());
+  TORCH_CHECK(a.size(1) < INT32_MAX && b.size(1) < INT32_MAX, "sort path: expected N, M < 2^31, got ",
+              a.size(1), ", ", b.size(1));
   TORCH_CHECK(inner == kRelu || inner == kAbs, "sort path: expected inner relu (", int(kRelu), ") or abs (",
               int(kAbs), "), got ", inner);
   if (key_mask.has_value()) {
