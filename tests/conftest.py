@@ -2,7 +2,9 @@
 
 TRITON_INTERPRET must be set before any Triton kernel is defined, so it is set here, before
 fastrel is imported. FASTREL_REQUIRE_BACKENDS (comma-separated) turns "backend unavailable" from
-a skip into a failure, so CI cannot pass by skipping the backends it is meant to test.
+a skip into a failure, so a run cannot pass by skipping the backends it is meant to test. By default every
+backend that should run on this machine is required: cpu, sort and triton (on the GPU, or in the
+interpreter on the CPU), and cuda where a GPU exists. Set it to "" to allow skipping.
 """
 
 import os
@@ -23,7 +25,8 @@ settings.register_profile(
 settings.register_profile("deep", max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-REQUIRED = {name for name in os.environ.get("FASTREL_REQUIRE_BACKENDS", "").split(",") if name}
+_DEFAULT_REQUIRED = "cpu,sort,triton" + (",cuda" if torch.cuda.is_available() else "")
+REQUIRED = {n for n in os.environ.get("FASTREL_REQUIRE_BACKENDS", _DEFAULT_REQUIRED).split(",") if n}
 unknown = REQUIRED - set(fastrel.backends.BACKENDS)
 if unknown:
     raise pytest.UsageError(f"FASTREL_REQUIRE_BACKENDS: unknown backends {sorted(unknown)}")
