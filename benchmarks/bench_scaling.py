@@ -1,0 +1,320 @@
+"""How time and peak memory grow with the number of items N, per backend.
+
+Two benchmarks, each case in a fresh process (so that peak memory is the case's own):
+
+- ``rgsa``: one training step (forward + backward, input gradient included) of ``fastrel.RGSA`` on a
+  (B, C, Hf, Wf) feature map, N = Hf·Wf, C = 2048 with the module's default hidden (C/8) and relation
+  (C/16) sizes; once with the default outer = relu and once with outer = identity, which the exact
+  ``sort`` backend takes.
+- ``op``: ``global_relation`` alone, forward + backward, N = M, outer = identity, inner = relu: the
+  sort path against the fused pairwise ``cpu`` backend and the reference.
+
+Memory: on the CPU the peak resident set of the step, on CUDA ``torch.cuda.max_memory_allocated``,
+both also shown above what was resident before the step. A case whose predicted memory exceeds
+``--budget-gb`` is not run and is recorded as "over budget". Results: benchmarks/results/scaling_*.csv.
+
+    python benchmarks/bench_scaling.py                      # both benchmarks, default sizes
+    python benchmarks/bench_scaling.py --bench op --sizes 1024,4096
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+import fastrel
+from fastrel import backends
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FUSED_CPU = ("cpu", "sort")
+FUSED_CUDA = ("sort", "triton", "cuda")
+#: Process memory (torch, the extension, the interpreter) before any tensor; used in predictions.
+RUNTIME_MB = 900.0
+
+
+@dataclass
+class Case:
+    """One measurement: what runs, at which size, and (once run) what it cost."""
+
+    bench: str  # "rgsa" or "op"
+    outer: str
+    backend: str
+    device: str
+    N: int
+    B: int = 1
+    C: int = 0  # rgsa only
+    H: int = 0
+    R: int = 0
+    Hf: int = 0
+    Wf: int = 0
+    status: str = ""
+    time_ms: float = math.nan  # median wall time of a step
+    cpu_ms: float = math.nan  # median process CPU time of a step (all threads)
+    peak_mb: float = math.nan
+    step_mb: float = math.nan  # peak minus what was resident before the step
+    predicted_mb: float = math.nan
+    repeats: int = 0
+    threads: int = 0
+    load: float = math.nan  # 1-minute load average when the case started (CPU contention)
+    machine: str = ""
+
+
+# ----------------------------------------------------------------------------------------------
+# Prediction (decides what is over budget before anything is allocated)
+# ----------------------------------------------------------------------------------------------
+
+
+def predicted_mb(case: Case) -> float:
+    """Peak memory the case should need, in MB: the O(N²) pair tensors dominate the reference."""
+    B, N, H, R = case.B, case.N, case.H, case.R
+    per_item = 4.0 * (10 * case.C + 12 * H + 6 * R)  # features, a, b, their gradients, D, g
+    # The reference holds about four (N, N, H) and four (N, N, R) float32 tensors at its peak
+    # (measured: 1.58 GB above the runtime for one RGSA step at N = 512, H = 256, R = 128).
+    pairs = 4.0 * B * N * N * (4 * H + 4 * R) if case.backend == "reference" else 0.0
+    return RUNTIME_MB + (B * N * per_item + pairs) / 2**20
+
+
+def feature_map(N: int) -> tuple[int, int]:
+    """(Hf, Wf) with Hf·Wf = N and Hf = 2·Wf where possible (the 2:1 maps of person re-ID)."""
+    Wf = max(1, round(math.sqrt(N / 2)))
+    return (N // Wf, Wf) if N % Wf == 0 else (N, 1)
+
+
+def cases(args) -> list[Case]:
+    device = args.device
+    fused = FUSED_CUDA if device == "cuda" else FUSED_CPU
+    out = []
+    if "rgsa" in args.bench:
+        H, R = max(args.channels // 8, 1), max(args.channels // 16, 1)
+        for outer in ("relu", "identity"):
+            for backend in ("reference", *fused):
+                if backends.get(backend).refusal(device, torch.float32, "relu", outer, False) is not None:
+                    continue
+                for N in args.sizes:
+                    Hf, Wf = feature_map(N)
+                    out.append(Case("rgsa", outer, backend, device, N, args.batch, args.channels, H, R, Hf, Wf))
+    if "op" in args.bench:
+        for backend in ("reference", *fused):
+            if backends.get(backend).refusal(device, torch.float32, "relu", "identity", False) is not None:
+                continue
+            for N in args.op_sizes:
+                out.append(Case("op", "identity", backend, device, N, args.batch, 0, args.hidden, args.relation))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# One case, in this process
+# ----------------------------------------------------------------------------------------------
+
+
+def _rss_mb(field: str) -> float:
+    """VmRSS / VmHWM of this process in MB (Linux), else the peak from getrusage."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak_rss() -> bool:
+    """Make the kernel's peak-RSS mark start again from the current RSS (Linux ≥ 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _step(case: Case):
+    """A closure running one forward + backward of the case, with its inputs made."""
+    torch.manual_seed(0)
+    device = torch.device(case.device)
+    if case.bench == "rgsa":
+        model = fastrel.RGSA(case.C, outer=case.outer, backend=case.backend).to(device).train()
+        x = torch.randn(case.B, case.C, case.Hf, case.Wf, device=device, requires_grad=True)
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            x.grad = None
+            model(x).square().mean().backward()
+
+        return step
+    a = torch.randn(case.B, case.N, case.H, device=device, requires_grad=True)
+    b = torch.randn(case.B, case.N, case.H, device=device, requires_grad=True)
+    w = (torch.randn(case.R, case.H, device=device) / case.H**0.5).requires_grad_()
+    bias = torch.randn(case.R, device=device, requires_grad=True)
+    grad = torch.randn(case.B, case.N, case.R, device=device)
+
+    def step():
+        for t in (a, b, w, bias):
+            t.grad = None
+        fastrel.global_relation(a, b, w, bias, inner="relu", outer=case.outer, backend=case.backend).backward(grad)
+
+    return step
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_case(case: Case, repeats: int, long_step_s: float) -> Case:
+    """Measure the case here. Steps longer than ``long_step_s`` are timed once (the first call)."""
+    case.threads = torch.get_num_threads()
+    step = _step(case)
+    cuda = case.device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        before = _rss_mb("VmRSS")
+        _reset_peak_rss()
+    walls, cpus = [], []
+    for i in range(1 + repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        step()
+        _sync(case.device)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+        if i == 0 and walls[0] > long_step_s:
+            break
+    if len(walls) > 1:  # the first call warms up
+        walls, cpus = walls[1:], cpus[1:]
+    case.peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else _rss_mb("VmHWM")
+    case.step_mb = case.peak_mb - before
+    case.time_ms = 1e3 * statistics.median(walls)
+    case.cpu_ms = 1e3 * statistics.median(cpus)
+    case.repeats = len(walls)
+    case.status = "ok"
+    return case
+
+
+# ----------------------------------------------------------------------------------------------
+# The driver: one subprocess per case
+# ----------------------------------------------------------------------------------------------
+
+
+def _machine(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.machine()} {platform.processor() or 'CPU'}, {os.cpu_count()} cores"
+
+
+def measure(case: Case, args) -> Case:
+    case.predicted_mb = predicted_mb(case)
+    case.machine = _machine(case.device)
+    case.load = os.getloadavg()[0]
+    if case.device == "cpu" and case.predicted_mb > 1024 * args.budget_gb:
+        case.status = "over budget"
+        return case
+    command = [sys.executable, __file__, "--case", json.dumps(asdict(case)), "--repeats", str(args.repeats)]
+    command += ["--long-step-s", str(args.long_step_s), "--threads", str(args.threads)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        case.status = f"timeout ({args.timeout:.0f} s)"
+        return case
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        case.status = f"failed: {last[:160]}"
+        return case
+    return Case(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def largest_within_budget(rows: list[Case], budget_mb: float) -> dict[tuple[str, str, str], int]:
+    """Per (bench, outer, backend): the largest N measured with its peak within the budget."""
+    best: dict[tuple[str, str, str], int] = {}
+    for row in rows:
+        key = (row.bench, row.outer, row.backend)
+        best.setdefault(key, 0)
+        if row.status == "ok" and row.peak_mb <= budget_mb:
+            best[key] = max(best[key], row.N)
+    return best
+
+
+def write_csv(rows: list[Case], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(Case)])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in asdict(row).items()})
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
+    return sizes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bench", default="rgsa,op", help="rgsa, op or both (comma-separated)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--sizes", type=_sizes, default=[128, 512, 1024, 2048, 8192], help="N for rgsa")
+    parser.add_argument("--op-sizes", type=_sizes, default=[512, 1024, 2048, 4096], help="N = M for op")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--channels", type=int, default=2048, help="C of the rgsa feature map")
+    parser.add_argument("--hidden", type=int, default=128, help="H for op")
+    parser.add_argument("--relation", type=int, default=64, help="R for op")
+    parser.add_argument("--budget-gb", type=float, default=8.0, help="memory budget (GB) per case")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up")
+    parser.add_argument("--long-step-s", type=float, default=20.0, help="time a step this long only once")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per case (0: torch's default)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.case:
+        print(json.dumps(asdict(run_case(Case(**json.loads(args.case)), args.repeats, args.long_step_s))))
+        return
+
+    args.bench = [b for b in args.bench.split(",") if b]
+    unknown = set(args.bench) - {"rgsa", "op"}
+    if unknown:
+        parser.error(f"--bench: expected rgsa and/or op, got {sorted(unknown)}")
+    rows: dict[str, list[Case]] = {}
+    for case in cases(args):
+        row = measure(case, args)
+        rows.setdefault(row.bench, []).append(row)
+        print(
+            f"{row.bench:4s} outer={row.outer:8s} {row.backend:9s} N={row.N:5d}  {row.status:12s} "
+            f"time {row.time_ms:9.1f} ms  cpu {row.cpu_ms:9.1f} ms  peak {row.peak_mb:8.1f} MB  "
+            f"step {row.step_mb:8.1f} MB  predicted {row.predicted_mb:8.1f} MB  load {row.load:.1f}",
+            flush=True,
+        )
+    for bench, bench_rows in rows.items():
+        path = args.out / f"scaling_{bench}_{args.device}.csv"
+        write_csv(bench_rows, path)
+        print(f"wrote {path}")
+        for (_, outer, backend), N in largest_within_budget(bench_rows, 1024 * args.budget_gb).items():
+            print(f"  {bench} outer={outer} {backend}: largest N within {args.budget_gb:g} GB: {N or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
