@@ -11,10 +11,13 @@ Two benchmarks, each case in a fresh process (so that peak memory is the case's 
 
 Memory: on the CPU the peak resident set of the step, on CUDA ``torch.cuda.max_memory_allocated``,
 both also shown above what was resident before the step. A case whose predicted memory exceeds
-``--budget-gb`` is not run and is recorded as "over budget". Results: benchmarks/results/scaling_*.csv.
+``--budget-gb`` is not run and is recorded as "over budget"; one whose step, extrapolated as N² from
+the previous size, exceeds ``--max-step-s`` is recorded as "over time limit". Time is the median wall
+time and the median process CPU time of a step (the latter is steadier on a shared machine; use
+``--threads 1`` there). Results: benchmarks/results/scaling_<bench>_<device>.csv.
 
     python benchmarks/bench_scaling.py                      # both benchmarks, default sizes
-    python benchmarks/bench_scaling.py --bench op --sizes 1024,4096
+    python benchmarks/bench_scaling.py --bench op --op-sizes 1024,4096 --threads 1
 """
 
 from __future__ import annotations
@@ -218,12 +221,26 @@ def _machine(device: str) -> str:
     return f"{platform.machine()} {platform.processor() or 'CPU'}, {os.cpu_count()} cores"
 
 
-def measure(case: Case, args) -> Case:
+def predicted_step_s(case: Case, done: list[Case]) -> float:
+    """Step time extrapolated as N² from the largest N of the same series measured so far."""
+    same = [r for r in done if (r.bench, r.outer, r.backend) == (case.bench, case.outer, case.backend)]
+    same = [r for r in same if r.status == "ok" and r.N < case.N]
+    if not same:
+        return 0.0
+    last = max(same, key=lambda r: r.N)
+    return last.time_ms / 1e3 * (case.N / last.N) ** 2
+
+
+def measure(case: Case, args, done: list[Case]) -> Case:
     case.predicted_mb = predicted_mb(case)
     case.machine = _machine(case.device)
     case.load = os.getloadavg()[0]
     if case.device == "cpu" and case.predicted_mb > 1024 * args.budget_gb:
         case.status = "over budget"
+        return case
+    seconds = predicted_step_s(case, done)
+    if seconds > args.max_step_s:
+        case.status = f"over time limit (~{seconds:.0f} s/step)"
         return case
     command = [sys.executable, __file__, "--case", json.dumps(asdict(case)), "--repeats", str(args.repeats)]
     command += ["--long-step-s", str(args.long_step_s), "--threads", str(args.threads)]
@@ -282,7 +299,8 @@ def main() -> None:
     parser.add_argument("--budget-gb", type=float, default=8.0, help="memory budget (GB) per case")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up")
     parser.add_argument("--long-step-s", type=float, default=20.0, help="time a step this long only once")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per case")
+    parser.add_argument("--max-step-s", type=float, default=120.0, help="skip steps predicted to take longer")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per case (0: torch's default)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -299,8 +317,10 @@ def main() -> None:
     if unknown:
         parser.error(f"--bench: expected rgsa and/or op, got {sorted(unknown)}")
     rows: dict[str, list[Case]] = {}
+    done: list[Case] = []
     for case in cases(args):
-        row = measure(case, args)
+        row = measure(case, args, done)
+        done.append(row)
         rows.setdefault(row.bench, []).append(row)
         print(
             f"{row.bench:4s} outer={row.outer:8s} {row.backend:9s} N={row.N:5d}  {row.status:12s} "
