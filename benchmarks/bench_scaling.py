@@ -104,6 +104,8 @@ def cases(args) -> list[Case]:
         H, R = max(args.channels // 8, 1), max(args.channels // 16, 1)
         for outer in ("relu", "identity"):
             for backend in ("reference", *fused):
+                if backend not in args.backends:
+                    continue
                 if backends.get(backend).refusal(device, torch.float32, "relu", outer, False) is not None:
                     continue
                 for N in args.sizes:
@@ -111,6 +113,8 @@ def cases(args) -> list[Case]:
                     out.append(Case("rgsa", outer, backend, device, N, args.batch, args.channels, H, R, Hf, Wf))
     if "op" in args.bench:
         for backend in ("reference", *fused):
+            if backend not in args.backends:
+                continue
             if backends.get(backend).refusal(device, torch.float32, "relu", "identity", False) is not None:
                 continue
             for N in args.op_sizes:
@@ -268,12 +272,23 @@ def largest_within_budget(rows: list[Case], budget_mb: float) -> dict[tuple[str,
 
 
 def write_csv(rows: list[Case], path: Path) -> None:
+    """Write the rows, keeping rows of other cases already in the file (runs can be split by backend)."""
+    names = [f.name for f in fields(Case)]
+    new = [{k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in asdict(row).items()} for row in rows]
+    measured = {_key(row) for row in new}
+    kept = []
+    if path.exists():
+        with open(path, newline="") as handle:
+            kept = [row for row in csv.DictReader(handle) if _key(row) not in measured]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(Case)])
+        writer = csv.DictWriter(handle, fieldnames=names)
         writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in asdict(row).items()})
+        writer.writerows(sorted(kept + new, key=lambda r: (r["outer"], r["backend"], int(r["N"]))))
+
+
+def _key(row: dict) -> tuple[str, ...]:
+    return tuple(str(row[k]) for k in ("bench", "outer", "backend", "device", "N", "B", "C", "H", "R"))
 
 
 def _sizes(text: str) -> list[int]:
@@ -292,6 +307,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--sizes", type=_sizes, default=[128, 512, 1024, 2048, 8192], help="N for rgsa")
     parser.add_argument("--op-sizes", type=_sizes, default=[512, 1024, 2048, 4096], help="N = M for op")
+    parser.add_argument("--backends", default="reference,cpu,sort,triton,cuda", help="comma-separated")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--channels", type=int, default=2048, help="C of the rgsa feature map")
     parser.add_argument("--hidden", type=int, default=128, help="H for op")
@@ -313,6 +329,7 @@ def main() -> None:
         return
 
     args.bench = [b for b in args.bench.split(",") if b]
+    args.backends = [b for b in args.backends.split(",") if b]
     unknown = set(args.bench) - {"rgsa", "op"}
     if unknown:
         parser.error(f"--bench: expected rgsa and/or op, got {sorted(unknown)}")
