@@ -222,7 +222,13 @@ def run_case(case: Case, repeats: int, long_step_s: float) -> Case:
 def _machine(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    return f"{platform.machine()} {platform.processor() or 'CPU'}, {os.cpu_count()} cores"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} cores"
 
 
 def predicted_step_s(case: Case, done: list[Case]) -> float:
