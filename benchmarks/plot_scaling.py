@@ -45,7 +45,8 @@ def _title(rows: list[dict]) -> str:
         what = f"RGSA training step, B={first['B']}, C={first['C']} (H={first['H']}, R={first['R']})"
     else:
         what = f"global_relation fwd+bwd, B={first['B']}, N=M, H={first['H']}, R={first['R']}, inner=relu"
-    return f"{what}\n{first['machine']}, {first['threads']} threads"
+    threads = int(first["threads"])
+    return f"{what}\n{first['machine']}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def _time_column(rows: list[dict]) -> tuple[str, str]:
