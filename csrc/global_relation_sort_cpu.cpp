@@ -19,72 +19,99 @@
 namespace fastrel {
 namespace {
 
-// Sorts (value, index) pairs ascending by value with an LSD radix sort on the order-preserving bit
-// pattern of the value: O(n) per channel instead of O(n log n), stable, so ties keep index order.
+// Order-preserving unsigned bit pattern of a float or double (−0 is first made +0, so equal floats
+// tie), and back.
 template <typename key_t>
-class RadixSorter {
- public:
-  using bits_t = std::conditional_t<sizeof(key_t) == 4, uint32_t, uint64_t>;
+struct OrderedBits {
+  using type = std::conditional_t<sizeof(key_t) == 4, uint32_t, uint64_t>;
+  static constexpr type kSign = type(1) << (8 * sizeof(type) - 1);
 
-  // values[0..n) → sorted[0..n) ascending and order[t], the index of sorted[t] in values.
-  void sort(const key_t* values, int64_t n, key_t* sorted, int32_t* order) {
-    bits_.resize(n);
-    spare_bits_.resize(n);
-    spare_order_.resize(n);
-    std::array<std::array<int64_t, kBuckets>, kPasses> counts{};
-    for (int64_t i = 0; i < n; ++i) {
-      bits_[i] = to_ordered_bits(values[i]);
-      order[i] = static_cast<int32_t>(i);
-      for (int pass = 0; pass < kPasses; ++pass) ++counts[pass][digit(bits_[i], pass)];
-    }
-    bits_t* from_bits = bits_.data();
-    int32_t* from_order = order;
-    bits_t* to_bits = spare_bits_.data();
-    int32_t* to_order = spare_order_.data();
-    for (int pass = 0; pass < kPasses; ++pass) {
-      if (n == 0 || counts[pass][digit(from_bits[0], pass)] == n) continue;  // one digit: nothing to move
-      std::array<int64_t, kBuckets> start;
-      int64_t offset = 0;
-      for (int d = 0; d < kBuckets; ++d) {
-        start[d] = offset;
-        offset += counts[pass][d];
-      }
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t slot = start[digit(from_bits[i], pass)]++;
-        to_bits[slot] = from_bits[i];
-        to_order[slot] = from_order[i];
-      }
-      std::swap(from_bits, to_bits);
-      std::swap(from_order, to_order);
-    }
-    for (int64_t i = 0; i < n; ++i) sorted[i] = from_ordered_bits(from_bits[i]);
-    if (from_order != order) std::copy(from_order, from_order + n, order);
-  }
-
- private:
-  static constexpr int kBuckets = 256;
-  static constexpr int kPasses = sizeof(bits_t);
-  static constexpr bits_t kSign = bits_t(1) << (8 * sizeof(bits_t) - 1);
-
-  static int digit(bits_t bits, int pass) { return static_cast<int>((bits >> (8 * pass)) & 0xff); }
-
-  // Unsigned integers in the order of the floats (−0 is first made +0, so equal floats tie).
-  static bits_t to_ordered_bits(key_t value) {
-    bits_t bits;
+  static type encode(key_t value) {
+    type bits;
     const key_t canonical = value + key_t(0);
     std::memcpy(&bits, &canonical, sizeof(bits));
     return (bits & kSign) ? ~bits : (bits | kSign);
   }
 
-  static key_t from_ordered_bits(bits_t bits) {
+  static key_t decode(type bits) {
     bits = (bits & kSign) ? (bits ^ kSign) : ~bits;
     key_t value;
     std::memcpy(&value, &bits, sizeof(value));
     return value;
   }
+};
 
-  std::vector<bits_t> bits_, spare_bits_;
-  std::vector<int32_t> spare_order_;
+// Sorts (value, index) pairs ascending by value with an LSD radix sort (11-bit digits) on the
+// ordered bit pattern: O(n) per channel instead of O(n log n). Stable, so ties keep index order.
+// Each pair travels as one 64-bit word (value bits above the index) for float, as two words for double.
+template <typename key_t>
+class RadixSorter {
+ public:
+  // values[0..n) → sorted[0..n) ascending and order[t], the index of sorted[t] in values.
+  void sort(const key_t* values, int64_t n, key_t* sorted, int32_t* order) {
+    if constexpr (sizeof(key_t) == 4) {
+      words_.resize(n);
+      spare_.resize(n);
+      for (int64_t i = 0; i < n; ++i) {
+        words_[i] = (uint64_t(Bits::encode(values[i])) << 32) | uint64_t(uint32_t(i));
+      }
+      radix(words_.data(), spare_.data(), n, 32, [](uint64_t w) { return w; });
+      for (int64_t i = 0; i < n; ++i) {
+        sorted[i] = Bits::decode(static_cast<uint32_t>(words_[i] >> 32));
+        order[i] = static_cast<int32_t>(words_[i] & 0xffffffffu);
+      }
+    } else {
+      pairs_.resize(n);
+      spare_pairs_.resize(n);
+      for (int64_t i = 0; i < n; ++i) pairs_[i] = {Bits::encode(values[i]), static_cast<int32_t>(i)};
+      radix(pairs_.data(), spare_pairs_.data(), n, 0, [](const Pair& p) { return p.bits; });
+      for (int64_t i = 0; i < n; ++i) {
+        sorted[i] = Bits::decode(pairs_[i].bits);
+        order[i] = pairs_[i].index;
+      }
+    }
+  }
+
+ private:
+  using Bits = OrderedBits<key_t>;
+  struct Pair {
+    typename Bits::type bits;
+    int32_t index;
+  };
+  static constexpr int kDigitBits = 11;
+  static constexpr int kBuckets = 1 << kDigitBits;
+  static constexpr int kPasses = (8 * sizeof(key_t) + kDigitBits - 1) / kDigitBits;
+
+  // Sorts items[0..n) by the digits of key(item) >> shift, leaving the result in items.
+  template <typename item_t, typename Key>
+  void radix(item_t* items, item_t* spare, int64_t n, int shift, Key key) {
+    counts_.assign(static_cast<size_t>(kPasses) * kBuckets, 0);
+    auto digit = [&](const item_t& item, int pass) {
+      return static_cast<int>((key(item) >> (shift + kDigitBits * pass)) & (kBuckets - 1));
+    };
+    for (int64_t i = 0; i < n; ++i) {
+      for (int pass = 0; pass < kPasses; ++pass) ++counts_[pass * kBuckets + digit(items[i], pass)];
+    }
+    item_t* from = items;
+    item_t* to = spare;
+    for (int pass = 0; pass < kPasses; ++pass) {
+      int32_t* count = counts_.data() + pass * kBuckets;
+      if (n == 0 || count[digit(from[0], pass)] == n) continue;  // one digit value: nothing moves
+      int32_t offset = 0;
+      for (int d = 0; d < kBuckets; ++d) {
+        const int32_t c = count[d];
+        count[d] = offset;
+        offset += c;
+      }
+      for (int64_t i = 0; i < n; ++i) to[count[digit(from[i], pass)]++] = from[i];
+      std::swap(from, to);
+    }
+    if (from != items) std::copy(from, from + n, items);
+  }
+
+  std::vector<uint64_t> words_, spare_;
+  std::vector<Pair> pairs_, spare_pairs_;
+  std::vector<int32_t> counts_;
 };
 
 // Inputs laid out channel-major: a (B, H, N), b (B, H, M), mask (B, M) or null. A task is one
@@ -101,18 +128,35 @@ struct Channels {
   const bool* key_mask(int64_t task) const { return mask == nullptr ? nullptr : mask + (task / H) * M; }
 };
 
+// out[t] = #{u < n : sorted[u] < probes[t]} (≤ when !kStrict) for ascending probes[0..m), by one
+// merge pass without data-dependent branches (a branchy merge of random data mispredicts half its
+// steps). sorted[n] must be readable; its value is not used.
+template <bool kStrict, typename key_t>
+void count_below(const key_t* sorted, int64_t n, const key_t* probes, int64_t m, int32_t* out) {
+  int64_t u = 0;
+  for (int64_t t = 0; t < m;) {
+    const key_t probe = probes[t];
+    const bool passed = kStrict ? sorted[u] < probe : !(probe < sorted[u]);
+    const bool step = (u < n) & passed;
+    out[t] = static_cast<int32_t>(u);
+    u += step;
+    t += !step;
+  }
+}
+
 // The work space of one thread: one channel's valid keys and its queries, each sorted, and the
 // prefix sums prefix[t] = Σ_{u<t} (keys[u] − centre) of the keys around their mean.
 template <typename key_t>
 struct Channel {
   RadixSorter<key_t> sorter;
-  std::vector<key_t> gathered, keys, queries;
-  std::vector<int32_t> key_index, key_order, query_order;
+  std::vector<key_t> gathered, keys, queries;  // keys and queries have one unused slot at the end
+  std::vector<int32_t> key_index, key_order, query_order, below, not_above;
   std::vector<double> prefix;
   double centre = 0.0;
+  int64_t k = 0;  // valid keys
 
-  int64_t count() const { return static_cast<int64_t>(keys.size()); }
-  double n() const { return static_cast<double>(std::max<int64_t>(count(), 1)); }
+  double n() const { return static_cast<double>(std::max<int64_t>(k, 1)); }
+  int64_t query_count() const { return static_cast<int64_t>(query_order.size()); }
 
   template <typename scalar_t>
   void load(const scalar_t* key_row, const bool* mask, int64_t M, const scalar_t* query_row, int64_t N) {
@@ -124,12 +168,13 @@ struct Channel {
         key_index.push_back(static_cast<int32_t>(j));
       }
     }
-    const int64_t k = static_cast<int64_t>(gathered.size());
-    keys.resize(k);
+    k = static_cast<int64_t>(gathered.size());
+    keys.resize(k + 1);
     key_order.resize(k);
     sorter.sort(gathered.data(), k, keys.data(), key_order.data());
+    keys[k] = key_t(0);
     double sum = 0.0;
-    for (key_t value : keys) sum += static_cast<double>(value);
+    for (int64_t t = 0; t < k; ++t) sum += static_cast<double>(keys[t]);
     centre = k == 0 ? 0.0 : sum / static_cast<double>(k);
     prefix.resize(k + 1);
     prefix[0] = 0.0;
@@ -137,28 +182,32 @@ struct Channel {
 
     gathered.resize(N);
     for (int64_t i = 0; i < N; ++i) gathered[i] = static_cast<key_t>(query_row[i]);
-    queries.resize(N);
+    queries.resize(N + 1);
     query_order.resize(N);
     sorter.sort(gathered.data(), N, queries.data(), query_order.data());
+    queries[N] = key_t(0);
   }
 
-  // Walks the sorted queries against the sorted keys: visit(i, Σ_j δ(q_i − b_j), dΣ/dq_i) for every
-  // query. Keys equal to q_i contribute 0 to both, as relu'(0) = abs'(0) = 0.
+  // visit(i, Σ_j δ(q_i − b_j), dΣ/dq_i) for every query, in ascending order of q_i. Keys equal to
+  // q_i contribute 0 to both, as relu'(0) = abs'(0) = 0.
   template <bool kIsAbs, typename Visit>
-  void relate(Visit visit) const {
-    const int64_t k = count();
-    int64_t below = 0, not_above = 0;  // #{keys < q}, #{keys ≤ q}
-    for (size_t t = 0; t < queries.size(); ++t) {
-      const key_t q = queries[t];
-      while (below < k && keys[below] < q) ++below;
-      not_above = std::max(not_above, below);
-      const double qc = static_cast<double>(q) - centre;
-      double total = static_cast<double>(below) * qc - prefix[below];
-      double slope = static_cast<double>(below);
+  void relate(Visit visit) {
+    const int64_t N = query_count();
+    below.resize(N);
+    count_below<true>(keys.data(), k, queries.data(), N, below.data());
+    if constexpr (kIsAbs) {
+      not_above.resize(N);
+      count_below<false>(keys.data(), k, queries.data(), N, not_above.data());
+    }
+    for (int64_t t = 0; t < N; ++t) {
+      const double qc = static_cast<double>(queries[t]) - centre;
+      const int64_t lo = below[t];
+      double total = static_cast<double>(lo) * qc - prefix[lo];
+      double slope = static_cast<double>(lo);
       if constexpr (kIsAbs) {
-        while (not_above < k && !(q < keys[not_above])) ++not_above;
-        const int64_t above = k - not_above;
-        total += (prefix[k] - prefix[not_above]) - static_cast<double>(above) * qc;
+        const int64_t hi = not_above[t];
+        const int64_t above = k - hi;
+        total += (prefix[k] - prefix[hi]) - static_cast<double>(above) * qc;
         slope -= static_cast<double>(above);
       }
       visit(query_order[t], total, slope);
@@ -192,6 +241,7 @@ void backward_kernel(const Channels<scalar_t>& in, const at::opmath_type<scalar_
   at::parallel_for(0, in.B * in.H, 1, [&](int64_t begin, int64_t end) {
     Channel<key_t> channel;
     std::vector<double> scan(in.N + 1);
+    std::vector<int32_t> queries_below(in.M), queries_not_above(in.M);
     for (int64_t task = begin; task < end; ++task) {
       channel.load(in.keys(task), in.key_mask(task), in.M, in.queries(task), in.N);
       const double n = channel.n();
@@ -206,14 +256,15 @@ void backward_kernel(const Channels<scalar_t>& in, const at::opmath_type<scalar_
       for (int64_t t = 0; t < in.N; ++t) scan[t + 1] = scan[t] + static_cast<double>(g[channel.query_order[t]]);
       key_t* db_row = db + task * in.M;
       std::fill(db_row, db_row + in.M, key_t(0));  // masked keys
-      int64_t below = 0, not_above = 0;  // #{queries < key}, #{queries ≤ key}
-      for (int64_t u = 0; u < channel.count(); ++u) {
-        const key_t key = channel.keys[u];
-        while (below < in.N && channel.queries[below] < key) ++below;
-        not_above = std::max(not_above, below);
-        while (not_above < in.N && !(key < channel.queries[not_above])) ++not_above;
-        double sum = scan[not_above] - scan[in.N];
-        if constexpr (kIsAbs) sum += scan[below];
+      // For the keys in ascending order: #{queries < key} and #{queries ≤ key}.
+      const key_t* sorted_keys = channel.keys.data();
+      count_below<false>(channel.queries.data(), in.N, sorted_keys, channel.k, queries_not_above.data());
+      if constexpr (kIsAbs) {
+        count_below<true>(channel.queries.data(), in.N, sorted_keys, channel.k, queries_below.data());
+      }
+      for (int64_t u = 0; u < channel.k; ++u) {
+        double sum = scan[queries_not_above[u]] - scan[in.N];
+        if constexpr (kIsAbs) sum += scan[queries_below[u]];
         db_row[channel.key_index[channel.key_order[u]]] = static_cast<key_t>(sum / n);
       }
     }
