@@ -41,59 +41,89 @@ struct OrderedBits {
   }
 };
 
-// Sorts (value, index) pairs ascending by value with an LSD radix sort (11-bit digits) on the
-// ordered bit pattern: O(n) per channel instead of O(n log n). Stable, so ties keep index order.
-// Each pair travels as one 64-bit word (value bits above the index) for float, as two words for double.
+// Sorts one channel's keys and queries together: a single LSD radix sort (11-bit digits) of the
+// N + k values, where a query sorts before a key of equal value and ties otherwise keep index order.
+// One pass over the merged order then gives both sorted lists and, for every query, the number of
+// keys strictly below it, and for every key, the number of queries at or below it: O(N + k) per
+// channel, with no comparison-driven branches.
 template <typename key_t>
-class RadixSorter {
+class MergedSort {
  public:
-  // values[0..n) → sorted[0..n) ascending and order[t], the index of sorted[t] in values.
-  void sort(const key_t* values, int64_t n, key_t* sorted, int32_t* order) {
-    if constexpr (sizeof(key_t) == 4) {
-      words_.resize(n);
-      spare_.resize(n);
-      for (int64_t i = 0; i < n; ++i) {
-        words_[i] = (uint64_t(Bits::encode(values[i])) << 32) | uint64_t(uint32_t(i));
-      }
-      radix(words_.data(), spare_.data(), n, 32, [](uint64_t w) { return w; });
-      for (int64_t i = 0; i < n; ++i) {
-        sorted[i] = Bits::decode(static_cast<uint32_t>(words_[i] >> 32));
-        order[i] = static_cast<int32_t>(words_[i] & 0xffffffffu);
-      }
-    } else {
-      pairs_.resize(n);
-      spare_pairs_.resize(n);
-      for (int64_t i = 0; i < n; ++i) pairs_[i] = {Bits::encode(values[i]), static_cast<int32_t>(i)};
-      radix(pairs_.data(), spare_pairs_.data(), n, 0, [](const Pair& p) { return p.bits; });
-      for (int64_t i = 0; i < n; ++i) {
-        sorted[i] = Bits::decode(pairs_[i].bits);
-        order[i] = pairs_[i].index;
-      }
+  std::vector<key_t> keys, queries;  // ascending; each has one spare slot at the end
+  std::vector<int32_t> key_order, query_order;  // index in the input of each sorted entry
+  std::vector<int32_t> keys_below;  // per sorted query: #{keys < q}
+  std::vector<int32_t> queries_not_above;  // per sorted key: #{queries ≤ b}
+
+  void sort(const key_t* key_values, int64_t k, const key_t* query_values, int64_t N) {
+    const int64_t n = k + N;
+    items_.resize(n);
+    spare_.resize(n);
+    for (int64_t j = 0; j < k; ++j) items_[j] = make_item(key_values[j], kKeyTag | uint32_t(j));
+    for (int64_t i = 0; i < N; ++i) items_[k + i] = make_item(query_values[i], uint32_t(i));
+    radix(n);
+    keys.resize(k + 1);
+    key_order.resize(k + 1);
+    queries_not_above.resize(k + 1);
+    queries.resize(N + 1);
+    query_order.resize(N + 1);
+    keys_below.resize(N + 1);
+    int64_t kc = 0, qc = 0;
+    for (int64_t t = 0; t < n; ++t) {  // both lists written every step; the wrong one is overwritten
+      const key_t value = value_of(items_[t]);
+      const uint32_t label = label_of(items_[t]);
+      const int32_t index = static_cast<int32_t>(label & ~kKeyTag);
+      const int64_t is_key = label >> 31;
+      keys[kc] = value;
+      key_order[kc] = index;
+      queries_not_above[kc] = static_cast<int32_t>(qc);
+      queries[qc] = value;
+      query_order[qc] = index;
+      keys_below[qc] = static_cast<int32_t>(kc);
+      kc += is_key;
+      qc += 1 - is_key;
     }
   }
 
  private:
   using Bits = OrderedBits<key_t>;
-  struct Pair {
-    typename Bits::type bits;
-    int32_t index;
-  };
+  static constexpr uint32_t kKeyTag = 1u << 31;
   static constexpr int kDigitBits = 11;
   static constexpr int kBuckets = 1 << kDigitBits;
-  static constexpr int kPasses = (8 * sizeof(key_t) + kDigitBits - 1) / kDigitBits;
 
-  // Sorts items[0..n) by the digits of key(item) >> shift, leaving the result in items.
-  template <typename item_t, typename Key>
-  void radix(item_t* items, item_t* spare, int64_t n, int shift, Key key) {
+  // float: one word, value bits above the label, sorted on bits 31..63 (tag and value).
+  // double: value bits and label apart; the tag is sorted first, then the 64 value bits.
+  struct Wide {
+    uint64_t bits;
+    uint32_t label;
+  };
+  using item_t = std::conditional_t<sizeof(key_t) == 4, uint64_t, Wide>;
+  static constexpr int kPasses = sizeof(key_t) == 4 ? 3 : 7;
+
+  static item_t make_item(key_t value, uint32_t label) {
+    if constexpr (sizeof(key_t) == 4) return (uint64_t(Bits::encode(value)) << 32) | label;
+    else return Wide{Bits::encode(value), label};
+  }
+  static key_t value_of(const item_t& item) {
+    if constexpr (sizeof(key_t) == 4) return Bits::decode(static_cast<uint32_t>(item >> 32));
+    else return Bits::decode(item.bits);
+  }
+  static uint32_t label_of(const item_t& item) {
+    if constexpr (sizeof(key_t) == 4) return static_cast<uint32_t>(item);
+    else return item.label;
+  }
+  static int digit(const item_t& item, int pass) {
+    if constexpr (sizeof(key_t) == 4) return static_cast<int>((item >> (31 + kDigitBits * pass)) & (kBuckets - 1));
+    else if (pass == 0) return static_cast<int>(item.label >> 31);
+    else return static_cast<int>((item.bits >> (kDigitBits * (pass - 1))) & (kBuckets - 1));
+  }
+
+  void radix(int64_t n) {
     counts_.assign(static_cast<size_t>(kPasses) * kBuckets, 0);
-    auto digit = [&](const item_t& item, int pass) {
-      return static_cast<int>((key(item) >> (shift + kDigitBits * pass)) & (kBuckets - 1));
-    };
     for (int64_t i = 0; i < n; ++i) {
-      for (int pass = 0; pass < kPasses; ++pass) ++counts_[pass * kBuckets + digit(items[i], pass)];
+      for (int pass = 0; pass < kPasses; ++pass) ++counts_[pass * kBuckets + digit(items_[i], pass)];
     }
-    item_t* from = items;
-    item_t* to = spare;
+    item_t* from = items_.data();
+    item_t* to = spare_.data();
     for (int pass = 0; pass < kPasses; ++pass) {
       int32_t* count = counts_.data() + pass * kBuckets;
       if (n == 0 || count[digit(from[0], pass)] == n) continue;  // one digit value: nothing moves
@@ -106,11 +136,10 @@ class RadixSorter {
       for (int64_t i = 0; i < n; ++i) to[count[digit(from[i], pass)]++] = from[i];
       std::swap(from, to);
     }
-    if (from != items) std::copy(from, from + n, items);
+    if (from != items_.data()) std::copy(from, from + n, items_.data());
   }
 
-  std::vector<uint64_t> words_, spare_;
-  std::vector<Pair> pairs_, spare_pairs_;
+  std::vector<item_t> items_, spare_;
   std::vector<int32_t> counts_;
 };
 
@@ -128,89 +157,62 @@ struct Channels {
   const bool* key_mask(int64_t task) const { return mask == nullptr ? nullptr : mask + (task / H) * M; }
 };
 
-// out[t] = #{u < n : sorted[u] < probes[t]} (≤ when !kStrict) for ascending probes[0..m), by one
-// merge pass without data-dependent branches (a branchy merge of random data mispredicts half its
-// steps). sorted[n] must be readable; its value is not used.
-template <bool kStrict, typename key_t>
-void count_below(const key_t* sorted, int64_t n, const key_t* probes, int64_t m, int32_t* out) {
-  int64_t u = 0;
-  for (int64_t t = 0; t < m;) {
-    const key_t probe = probes[t];
-    const bool passed = kStrict ? sorted[u] < probe : !(probe < sorted[u]);
-    const bool step = (u < n) & passed;
-    out[t] = static_cast<int32_t>(u);
-    u += step;
-    t += !step;
-  }
-}
-
-// The work space of one thread: one channel's valid keys and its queries, each sorted, and the
+// The work space of one thread: one channel's valid keys and its queries, sorted together, and the
 // prefix sums prefix[t] = Σ_{u<t} (keys[u] − centre) of the keys around their mean.
 template <typename key_t>
 struct Channel {
-  RadixSorter<key_t> sorter;
-  std::vector<key_t> gathered, keys, queries;  // keys and queries have one unused slot at the end
-  std::vector<int32_t> key_index, key_order, query_order, below, not_above;
+  MergedSort<key_t> sorted;
+  std::vector<key_t> key_values, query_values;
+  std::vector<int32_t> key_index;  // position j in the row of each valid key
   std::vector<double> prefix;
   double centre = 0.0;
   int64_t k = 0;  // valid keys
+  int64_t N = 0;
 
   double n() const { return static_cast<double>(std::max<int64_t>(k, 1)); }
-  int64_t query_count() const { return static_cast<int64_t>(query_order.size()); }
 
   template <typename scalar_t>
-  void load(const scalar_t* key_row, const bool* mask, int64_t M, const scalar_t* query_row, int64_t N) {
-    gathered.clear();
+  void load(const scalar_t* key_row, const bool* mask, int64_t M, const scalar_t* query_row, int64_t queries) {
+    key_values.clear();
     key_index.clear();
     for (int64_t j = 0; j < M; ++j) {
       if (mask == nullptr || mask[j]) {
-        gathered.push_back(static_cast<key_t>(key_row[j]));
+        key_values.push_back(static_cast<key_t>(key_row[j]));
         key_index.push_back(static_cast<int32_t>(j));
       }
     }
-    k = static_cast<int64_t>(gathered.size());
-    keys.resize(k + 1);
-    key_order.resize(k);
-    sorter.sort(gathered.data(), k, keys.data(), key_order.data());
-    keys[k] = key_t(0);
+    k = static_cast<int64_t>(key_values.size());
+    N = queries;
+    query_values.resize(N);
+    for (int64_t i = 0; i < N; ++i) query_values[i] = static_cast<key_t>(query_row[i]);
+    sorted.sort(key_values.data(), k, query_values.data(), N);
     double sum = 0.0;
-    for (int64_t t = 0; t < k; ++t) sum += static_cast<double>(keys[t]);
+    for (int64_t t = 0; t < k; ++t) sum += static_cast<double>(sorted.keys[t]);
     centre = k == 0 ? 0.0 : sum / static_cast<double>(k);
     prefix.resize(k + 1);
     prefix[0] = 0.0;
-    for (int64_t t = 0; t < k; ++t) prefix[t + 1] = prefix[t] + (static_cast<double>(keys[t]) - centre);
-
-    gathered.resize(N);
-    for (int64_t i = 0; i < N; ++i) gathered[i] = static_cast<key_t>(query_row[i]);
-    queries.resize(N + 1);
-    query_order.resize(N);
-    sorter.sort(gathered.data(), N, queries.data(), query_order.data());
-    queries[N] = key_t(0);
+    for (int64_t t = 0; t < k; ++t) prefix[t + 1] = prefix[t] + (static_cast<double>(sorted.keys[t]) - centre);
   }
 
   // visit(i, Σ_j δ(q_i − b_j), dΣ/dq_i) for every query, in ascending order of q_i. Keys equal to
   // q_i contribute 0 to both, as relu'(0) = abs'(0) = 0.
   template <bool kIsAbs, typename Visit>
-  void relate(Visit visit) {
-    const int64_t N = query_count();
-    below.resize(N);
-    count_below<true>(keys.data(), k, queries.data(), N, below.data());
-    if constexpr (kIsAbs) {
-      not_above.resize(N);
-      count_below<false>(keys.data(), k, queries.data(), N, not_above.data());
-    }
+  void relate(Visit visit) const {
+    const key_t* keys = sorted.keys.data();
     for (int64_t t = 0; t < N; ++t) {
-      const double qc = static_cast<double>(queries[t]) - centre;
-      const int64_t lo = below[t];
-      double total = static_cast<double>(lo) * qc - prefix[lo];
-      double slope = static_cast<double>(lo);
+      const key_t q = sorted.queries[t];
+      const double qc = static_cast<double>(q) - centre;
+      const int64_t below = sorted.keys_below[t];
+      double total = static_cast<double>(below) * qc - prefix[below];
+      double slope = static_cast<double>(below);
       if constexpr (kIsAbs) {
-        const int64_t hi = not_above[t];
-        const int64_t above = k - hi;
-        total += (prefix[k] - prefix[hi]) - static_cast<double>(above) * qc;
+        int64_t not_above = below;  // skip the keys equal to q (rare for real-valued data)
+        while (not_above < k && !(q < keys[not_above])) ++not_above;
+        const int64_t above = k - not_above;
+        total += (prefix[k] - prefix[not_above]) - static_cast<double>(above) * qc;
         slope -= static_cast<double>(above);
       }
-      visit(query_order[t], total, slope);
+      visit(sorted.query_order[t], total, slope);
     }
   }
 };
@@ -241,7 +243,6 @@ void backward_kernel(const Channels<scalar_t>& in, const at::opmath_type<scalar_
   at::parallel_for(0, in.B * in.H, 1, [&](int64_t begin, int64_t end) {
     Channel<key_t> channel;
     std::vector<double> scan(in.N + 1);
-    std::vector<int32_t> queries_below(in.M), queries_not_above(in.M);
     for (int64_t task = begin; task < end; ++task) {
       channel.load(in.keys(task), in.key_mask(task), in.M, in.queries(task), in.N);
       const double n = channel.n();
@@ -253,19 +254,20 @@ void backward_kernel(const Channels<scalar_t>& in, const at::opmath_type<scalar_
         da_row[i] = static_cast<key_t>(static_cast<double>(g[i]) * slope / n);
       });
       scan[0] = 0.0;
-      for (int64_t t = 0; t < in.N; ++t) scan[t + 1] = scan[t] + static_cast<double>(g[channel.query_order[t]]);
+      for (int64_t t = 0; t < in.N; ++t) scan[t + 1] = scan[t] + static_cast<double>(g[channel.sorted.query_order[t]]);
       key_t* db_row = db + task * in.M;
       std::fill(db_row, db_row + in.M, key_t(0));  // masked keys
-      // For the keys in ascending order: #{queries < key} and #{queries ≤ key}.
-      const key_t* sorted_keys = channel.keys.data();
-      count_below<false>(channel.queries.data(), in.N, sorted_keys, channel.k, queries_not_above.data());
-      if constexpr (kIsAbs) {
-        count_below<true>(channel.queries.data(), in.N, sorted_keys, channel.k, queries_below.data());
-      }
+      const key_t* queries = channel.sorted.queries.data();
       for (int64_t u = 0; u < channel.k; ++u) {
-        double sum = scan[queries_not_above[u]] - scan[in.N];
-        if constexpr (kIsAbs) sum += scan[queries_below[u]];
-        db_row[channel.key_index[channel.key_order[u]]] = static_cast<key_t>(sum / n);
+        const int64_t not_above = channel.sorted.queries_not_above[u];  // #{queries ≤ key}
+        double sum = scan[not_above] - scan[in.N];
+        if constexpr (kIsAbs) {
+          const key_t key = channel.sorted.keys[u];
+          int64_t below = not_above;  // #{queries < key}: skip the queries equal to it
+          while (below > 0 && !(queries[below - 1] < key)) --below;
+          sum += scan[below];
+        }
+        db_row[channel.key_index[channel.sorted.key_order[u]]] = static_cast<key_t>(sum / n);
       }
     }
   });
