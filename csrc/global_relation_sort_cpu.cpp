@@ -1,8 +1,9 @@
 // The exact sort path of the global relation on the CPU (docs/sort_path.md). For outer = identity
 // and inner = relu or abs, the mean difference D_i = Σ_j m_j δ(a_i − b_j) / n of one channel follows
-// from that channel's valid keys sorted once and their prefix sums; its backward from the queries
-// sorted once and the prefix sums of the incoming gradient. One task per (batch, channel), run in
-// parallel; comparisons on the exact input values, sums in double around the channel's key mean.
+// from that channel's valid keys and queries sorted together once and the keys' prefix sums; its
+// backward from the same sort and the prefix sums of the incoming gradient in query order. Parallel
+// over blocks of channels; comparisons on the exact input values, sums in double around the
+// channel's key mean.
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
@@ -143,19 +144,44 @@ class MergedSort {
   std::vector<int32_t> counts_;
 };
 
-// Inputs laid out channel-major: a (B, H, N), b (B, H, M), mask (B, M) or null. A task is one
-// (batch, channel) pair.
+// The inputs in their (B, ·, H) layout: a (B, N, H), b (B, M, H), mask (B, M) or null. The unit
+// of parallel work is a block of up to kBlock consecutive channels of one batch element, whose
+// rows are gathered into channel-major buffers (one cache line per row) and whose results are
+// scattered back the same way, so no transposed copy of a tensor is ever made.
+constexpr int64_t kBlock = 16;
+
 template <typename scalar_t>
-struct Channels {
+struct Inputs {
   const scalar_t* a;
   const scalar_t* b;
   const bool* mask;
   int64_t B, H, N, M;
 
-  const scalar_t* queries(int64_t task) const { return a + task * N; }
-  const scalar_t* keys(int64_t task) const { return b + task * M; }
-  const bool* key_mask(int64_t task) const { return mask == nullptr ? nullptr : mask + (task / H) * M; }
+  int64_t blocks() const { return (H + kBlock - 1) / kBlock; }
+  int64_t tasks() const { return B * blocks(); }
+  int64_t batch(int64_t task) const { return task / blocks(); }
+  int64_t first_channel(int64_t task) const { return (task % blocks()) * kBlock; }
+  int64_t width(int64_t task) const { return std::min(kBlock, H - first_channel(task)); }
+  const bool* key_mask(int64_t task) const { return mask == nullptr ? nullptr : mask + batch(task) * M; }
 };
+
+// dst[c * rows + i] = src[i * H + h0 + c] for c < width: one block of channels, channel-major.
+template <typename T>
+void gather_block(const T* src, int64_t rows, int64_t H, int64_t h0, int64_t width, T* dst) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* row = src + i * H + h0;
+    for (int64_t c = 0; c < width; ++c) dst[c * rows + i] = row[c];
+  }
+}
+
+// The inverse of gather_block.
+template <typename T>
+void scatter_block(const T* src, int64_t rows, int64_t H, int64_t h0, int64_t width, T* dst) {
+  for (int64_t i = 0; i < rows; ++i) {
+    T* row = dst + i * H + h0;
+    for (int64_t c = 0; c < width; ++c) row[c] = src[c * rows + i];
+  }
+}
 
 // The work space of one thread: one channel's valid keys and its queries, sorted together, and the
 // prefix sums prefix[t] = Σ_{u<t} (keys[u] − centre) of the keys around their mean.
@@ -218,57 +244,79 @@ struct Channel {
 };
 
 template <typename scalar_t, bool kIsAbs>
-void forward_kernel(const Channels<scalar_t>& in, at::opmath_type<scalar_t>* mean) {
+void forward_kernel(const Inputs<scalar_t>& in, at::opmath_type<scalar_t>* mean) {
   using key_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, in.B * in.H, 1, [&](int64_t begin, int64_t end) {
+  const int64_t N = in.N, M = in.M, H = in.H;
+  at::parallel_for(0, in.tasks(), 1, [&](int64_t begin, int64_t end) {
     Channel<key_t> channel;
+    std::vector<scalar_t> query_block(kBlock * N), key_block(kBlock * M);
+    std::vector<key_t> mean_block(kBlock * N);
     for (int64_t task = begin; task < end; ++task) {
-      channel.load(in.keys(task), in.key_mask(task), in.M, in.queries(task), in.N);
-      const double n = channel.n();
-      key_t* out = mean + task * in.N;
-      channel.template relate<kIsAbs>(
-          [&](int32_t i, double total, double) { out[i] = static_cast<key_t>(total / n); });
+      const int64_t batch = in.batch(task), h0 = in.first_channel(task), width = in.width(task);
+      gather_block(in.a + batch * N * H, N, H, h0, width, query_block.data());
+      gather_block(in.b + batch * M * H, M, H, h0, width, key_block.data());
+      for (int64_t c = 0; c < width; ++c) {
+        channel.load(key_block.data() + c * M, in.key_mask(task), M, query_block.data() + c * N, N);
+        const double n = channel.n();
+        key_t* out = mean_block.data() + c * N;
+        channel.template relate<kIsAbs>(
+            [&](int32_t i, double total, double) { out[i] = static_cast<key_t>(total / n); });
+      }
+      scatter_block(mean_block.data(), N, H, h0, width, mean + batch * N * H);
     }
   });
 }
 
-// grad (B, H, N) is dL/dD. Writes D (B, H, N), dL/da (B, H, N) and dL/db (B, H, M):
+// grad (B, N, H) is dL/dD. Writes D (B, N, H), dL/da (B, N, H) and dL/db (B, M, H):
 //   da_i = grad_i · slope(a_i) / n,   db_j = −(Σ_{a_i > b_j} grad_i − [abs] Σ_{a_i < b_j} grad_i) / n,
 // the sums read off the prefix sums of grad in ascending query order.
 template <typename scalar_t, bool kIsAbs>
-void backward_kernel(const Channels<scalar_t>& in, const at::opmath_type<scalar_t>* grad,
+void backward_kernel(const Inputs<scalar_t>& in, const at::opmath_type<scalar_t>* grad,
                      at::opmath_type<scalar_t>* mean, at::opmath_type<scalar_t>* da,
                      at::opmath_type<scalar_t>* db) {
   using key_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, in.B * in.H, 1, [&](int64_t begin, int64_t end) {
+  const int64_t N = in.N, M = in.M, H = in.H;
+  at::parallel_for(0, in.tasks(), 1, [&](int64_t begin, int64_t end) {
     Channel<key_t> channel;
-    std::vector<double> scan(in.N + 1);
+    std::vector<scalar_t> query_block(kBlock * N), key_block(kBlock * M);
+    std::vector<key_t> grad_block(kBlock * N), mean_block(kBlock * N), da_block(kBlock * N), db_block(kBlock * M);
+    std::vector<double> scan(N + 1);
     for (int64_t task = begin; task < end; ++task) {
-      channel.load(in.keys(task), in.key_mask(task), in.M, in.queries(task), in.N);
-      const double n = channel.n();
-      const key_t* g = grad + task * in.N;
-      key_t* mean_row = mean + task * in.N;
-      key_t* da_row = da + task * in.N;
-      channel.template relate<kIsAbs>([&](int32_t i, double total, double slope) {
-        mean_row[i] = static_cast<key_t>(total / n);
-        da_row[i] = static_cast<key_t>(static_cast<double>(g[i]) * slope / n);
-      });
-      scan[0] = 0.0;
-      for (int64_t t = 0; t < in.N; ++t) scan[t + 1] = scan[t] + static_cast<double>(g[channel.sorted.query_order[t]]);
-      key_t* db_row = db + task * in.M;
-      std::fill(db_row, db_row + in.M, key_t(0));  // masked keys
-      const key_t* queries = channel.sorted.queries.data();
-      for (int64_t u = 0; u < channel.k; ++u) {
-        const int64_t not_above = channel.sorted.queries_not_above[u];  // #{queries ≤ key}
-        double sum = scan[not_above] - scan[in.N];
-        if constexpr (kIsAbs) {
-          const key_t key = channel.sorted.keys[u];
-          int64_t below = not_above;  // #{queries < key}: skip the queries equal to it
-          while (below > 0 && !(queries[below - 1] < key)) --below;
-          sum += scan[below];
+      const int64_t batch = in.batch(task), h0 = in.first_channel(task), width = in.width(task);
+      gather_block(in.a + batch * N * H, N, H, h0, width, query_block.data());
+      gather_block(in.b + batch * M * H, M, H, h0, width, key_block.data());
+      gather_block(grad + batch * N * H, N, H, h0, width, grad_block.data());
+      for (int64_t c = 0; c < width; ++c) {
+        channel.load(key_block.data() + c * M, in.key_mask(task), M, query_block.data() + c * N, N);
+        const double n = channel.n();
+        const key_t* g = grad_block.data() + c * N;
+        key_t* mean_row = mean_block.data() + c * N;
+        key_t* da_row = da_block.data() + c * N;
+        channel.template relate<kIsAbs>([&](int32_t i, double total, double slope) {
+          mean_row[i] = static_cast<key_t>(total / n);
+          da_row[i] = static_cast<key_t>(static_cast<double>(g[i]) * slope / n);
+        });
+        const int32_t* order = channel.sorted.query_order.data();
+        scan[0] = 0.0;
+        for (int64_t t = 0; t < N; ++t) scan[t + 1] = scan[t] + static_cast<double>(g[order[t]]);
+        key_t* db_row = db_block.data() + c * M;
+        std::fill(db_row, db_row + M, key_t(0));  // masked keys
+        const key_t* queries = channel.sorted.queries.data();
+        for (int64_t u = 0; u < channel.k; ++u) {
+          const int64_t not_above = channel.sorted.queries_not_above[u];  // #{queries ≤ key}
+          double sum = scan[not_above] - scan[N];
+          if constexpr (kIsAbs) {
+            const key_t key = channel.sorted.keys[u];
+            int64_t below = not_above;  // #{queries < key}: skip the queries equal to it
+            while (below > 0 && !(queries[below - 1] < key)) --below;
+            sum += scan[below];
+          }
+          db_row[channel.key_index[channel.sorted.key_order[u]]] = static_cast<key_t>(sum / n);
         }
-        db_row[channel.key_index[channel.sorted.key_order[u]]] = static_cast<key_t>(sum / n);
       }
+      scatter_block(mean_block.data(), N, H, h0, width, mean + batch * N * H);
+      scatter_block(da_block.data(), N, H, h0, width, da + batch * N * H);
+      scatter_block(db_block.data(), M, H, h0, width, db + batch * M * H);
     }
   });
 }
@@ -303,18 +351,18 @@ at::Tensor global_relation_sort_forward_cpu(const at::Tensor& a, const at::Tenso
                                             const std::optional<at::Tensor>& key_mask, int64_t inner) {
   check_inputs(a, b, key_mask, inner);
   const int64_t B = a.size(0), N = a.size(1), H = a.size(2), M = b.size(1);
-  const at::Tensor queries = a.transpose(1, 2).contiguous();
-  const at::Tensor keys = b.transpose(1, 2).contiguous();
+  const at::Tensor queries = a.contiguous();
+  const at::Tensor keys = b.contiguous();
   const at::Tensor mask = key_mask.has_value() ? key_mask->contiguous() : at::Tensor();
-  at::Tensor mean = at::empty({B, H, N}, a.options().dtype(opmath_of(a.scalar_type())));
+  at::Tensor mean = at::empty({B, N, H}, a.options().dtype(opmath_of(a.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "global_relation_sort_forward", [&] {
     using key_t = at::opmath_type<scalar_t>;
-    const Channels<scalar_t> in{queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(),
+    const Inputs<scalar_t> in{queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(),
                                 mask.defined() ? mask.data_ptr<bool>() : nullptr, B, H, N, M};
     if (inner == kAbs) forward_kernel<scalar_t, true>(in, mean.data_ptr<key_t>());
     else forward_kernel<scalar_t, false>(in, mean.data_ptr<key_t>());
   });
-  return mean.transpose(1, 2).contiguous();
+  return mean;
 }
 
 std::vector<at::Tensor> global_relation_sort_backward_cpu(const at::Tensor& grad_mean, const at::Tensor& a,
@@ -327,17 +375,17 @@ std::vector<at::Tensor> global_relation_sort_backward_cpu(const at::Tensor& grad
   TORCH_CHECK(grad_mean.sizes() == a.sizes() && grad_mean.scalar_type() == opmath,
               "sort path: expected grad_mean of shape ", a.sizes(), " and dtype ", opmath, ", got ",
               grad_mean.sizes(), " ", grad_mean.scalar_type());
-  const at::Tensor queries = a.transpose(1, 2).contiguous();
-  const at::Tensor keys = b.transpose(1, 2).contiguous();
-  const at::Tensor grad = grad_mean.transpose(1, 2).contiguous();
+  const at::Tensor queries = a.contiguous();
+  const at::Tensor keys = b.contiguous();
+  const at::Tensor grad = grad_mean.contiguous();
   const at::Tensor mask = key_mask.has_value() ? key_mask->contiguous() : at::Tensor();
   const auto options = a.options().dtype(opmath);
-  at::Tensor mean = at::empty({B, H, N}, options);
-  at::Tensor da = at::empty({B, H, N}, options);
-  at::Tensor db = at::empty({B, H, M}, options);
+  at::Tensor mean = at::empty({B, N, H}, options);
+  at::Tensor da = at::empty({B, N, H}, options);
+  at::Tensor db = at::empty({B, M, H}, options);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "global_relation_sort_backward", [&] {
     using key_t = at::opmath_type<scalar_t>;
-    const Channels<scalar_t> in{queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(),
+    const Inputs<scalar_t> in{queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(),
                                 mask.defined() ? mask.data_ptr<bool>() : nullptr, B, H, N, M};
     if (inner == kAbs) {
       backward_kernel<scalar_t, true>(in, grad.data_ptr<key_t>(), mean.data_ptr<key_t>(), da.data_ptr<key_t>(),
@@ -347,7 +395,7 @@ std::vector<at::Tensor> global_relation_sort_backward_cpu(const at::Tensor& grad
                                        db.data_ptr<key_t>());
     }
   });
-  return {mean.transpose(1, 2).contiguous(), da.transpose(1, 2).contiguous(), db.transpose(1, 2).contiguous()};
+  return {mean, da, db};
 }
 
 }  // namespace fastrel
