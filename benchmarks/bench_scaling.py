@@ -8,6 +8,9 @@ Two benchmarks, each case in a fresh process (so that peak memory is the case's 
   ``sort`` backend takes.
 - ``op``: ``global_relation`` alone, forward + backward, N = M, outer = identity, inner = relu: the
   sort path against the fused pairwise ``cpu`` backend and the reference.
+- ``paired``: the sort path and the fused pairwise backend alternating in one process on the same
+  inputs (N = M = 4096, H = 128 by default): their time ratio under the same load, and how far apart
+  their results are.
 
 Memory: on the CPU the peak resident set of the step, on CUDA ``torch.cuda.max_memory_allocated``,
 both also shown above what was resident before the step. A case whose predicted memory exceeds
@@ -297,6 +300,74 @@ def _key(row: dict) -> tuple[str, ...]:
     return tuple(str(row[k]) for k in ("bench", "outer", "backend", "device", "N", "B", "C", "H", "R"))
 
 
+def paired(args) -> None:
+    """Sort path against the fused pairwise backend, alternating in one process on the same inputs.
+
+    Both see the same machine load, so their ratio is steadier than that of separate runs; the
+    results of the two are compared as well (relative max difference, float32).
+    """
+    rival = "cuda" if args.device == "cuda" else "cpu"
+    torch.manual_seed(0)
+    N, H, R = args.paired_n, args.hidden, args.relation
+    leaves = [
+        torch.randn(args.batch, N, H, device=args.device),
+        torch.randn(args.batch, N, H, device=args.device),
+        torch.randn(R, H, device=args.device) / H**0.5,
+        torch.randn(R, device=args.device),
+    ]
+    grad = torch.randn(args.batch, N, R, device=args.device)
+
+    def step(backend: str) -> list[torch.Tensor]:
+        inputs = [t.clone().requires_grad_() for t in leaves]
+        out = fastrel.global_relation(*inputs, inner="relu", outer="identity", backend=backend)
+        return [out.detach(), *torch.autograd.grad(out, inputs, grad)]
+
+    times: dict[str, list[tuple[float, float]]] = {rival: [], "sort": []}
+    results = {}
+    for _ in range(1 + args.repeats):
+        for backend in times:
+            wall, cpu = time.perf_counter(), time.process_time()
+            results[backend] = step(backend)
+            _sync(args.device)
+            times[backend].append((time.perf_counter() - wall, time.process_time() - cpu))
+    rows = []
+    for backend, measured in times.items():
+        measured = measured[1:]
+        rows.append(
+            {
+                "backend": backend,
+                "N": N,
+                "H": H,
+                "R": R,
+                "B": args.batch,
+                "time_ms": f"{1e3 * statistics.median(w for w, _ in measured):.1f}",
+                "cpu_ms": f"{1e3 * statistics.median(c for _, c in measured):.1f}",
+                "repeats": len(measured),
+                "threads": torch.get_num_threads(),
+                "machine": _machine(args.device),
+            }
+        )
+    names = ("out", "da", "db", "dweight", "dbias")
+    differences = {
+        name: ((x - y).abs().max() / y.abs().max()).item()
+        for name, x, y in zip(names, results["sort"], results[rival], strict=True)
+    }
+    for row in rows:
+        row.update({f"maxdiff_{k}": f"{v:.1e}" for k, v in differences.items()})
+    speedup = float(rows[0]["cpu_ms"]) / float(rows[1]["cpu_ms"])
+    print(f"B={args.batch} N=M={N} H={H} R={R}, fwd+bwd, {torch.get_num_threads()} thread(s):")
+    for row in rows:
+        print(f"  {row['backend']:5s} wall {row['time_ms']:>8s} ms  cpu {row['cpu_ms']:>8s} ms")
+    print(f"  sort is {speedup:.1f}x faster (CPU time); relative max differences: {differences}")
+    path = args.out / f"scaling_paired_{args.device}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {path}")
+
+
 def _sizes(text: str) -> list[int]:
     try:
         sizes = [int(s) for s in text.split(",") if s]
@@ -309,10 +380,11 @@ def _sizes(text: str) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bench", default="rgsa,op", help="rgsa, op or both (comma-separated)")
+    parser.add_argument("--bench", default="rgsa,op", help="rgsa, op, paired (comma-separated)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--sizes", type=_sizes, default=[128, 512, 1024, 2048, 8192], help="N for rgsa")
     parser.add_argument("--op-sizes", type=_sizes, default=[512, 1024, 2048, 4096], help="N = M for op")
+    parser.add_argument("--paired-n", type=int, default=4096, help="N = M for paired")
     parser.add_argument("--backends", default="reference,cpu,sort,triton,cuda", help="comma-separated")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--channels", type=int, default=2048, help="C of the rgsa feature map")
@@ -336,9 +408,11 @@ def main() -> None:
 
     args.bench = [b for b in args.bench.split(",") if b]
     args.backends = [b for b in args.backends.split(",") if b]
-    unknown = set(args.bench) - {"rgsa", "op"}
+    unknown = set(args.bench) - {"rgsa", "op", "paired"}
     if unknown:
-        parser.error(f"--bench: expected rgsa and/or op, got {sorted(unknown)}")
+        parser.error(f"--bench: expected rgsa, op and/or paired, got {sorted(unknown)}")
+    if "paired" in args.bench:
+        paired(args)
     rows: dict[str, list[Case]] = {}
     done: list[Case] = []
     for case in cases(args):
