@@ -1,6 +1,6 @@
 """Plots of the scaling benchmark: time and peak memory against N, per backend, log–log.
 
-Reads benchmarks/results/scaling_<bench>_<device>.csv (written by bench_scaling.py) and writes
+Reads benchmarks/results/scaling_{rgsa,op}_<device>.csv (written by bench_scaling.py) and writes
 scaling_<bench>_<device>.png next to it. Cases not run (over budget, timeout) appear as crosses at
 their predicted memory, so the reader sees where the reference stops.
 
@@ -97,7 +97,7 @@ def plot(path: Path, budget_gb: float | None) -> Path:
         axis.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         axis.yaxis.set_minor_formatter(ticker.NullFormatter())
         axis.grid(True, which="major", alpha=0.3)
-        axis.legend(fontsize=7, loc="upper left")
+        axis.legend(fontsize=7, loc="best")
     figure.suptitle(_title(rows), fontsize=10)
     figure.tight_layout()
     out = path.with_suffix(".png")
@@ -108,10 +108,10 @@ def plot(path: Path, budget_gb: float | None) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("csv", nargs="*", type=Path, help="CSV files (default: results/scaling_*.csv)")
+    parser.add_argument("csv", nargs="*", type=Path, help="CSV files (default: results/scaling_{rgsa,op}_*.csv)")
     parser.add_argument("--budget-gb", type=float, default=8.0, help="draw the memory budget line (GB)")
     args = parser.parse_args()
-    paths = args.csv or sorted(RESULTS.glob("scaling_*.csv"))
+    paths = args.csv or sorted([*RESULTS.glob("scaling_rgsa_*.csv"), *RESULTS.glob("scaling_op_*.csv")])
     if not paths:
         parser.error(f"no scaling CSV given or found in {RESULTS}")
     for path in paths:
