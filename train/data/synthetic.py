@@ -224,14 +224,7 @@ def _draw_person(img: np.ndarray, who: Appearance, camera: Camera, scene: Scene,
         _paint(img, (py >= 0.5) & (py < 0.72) & (np.abs(px) < (0.09 + 0.15 * (py - 0.5)) * b), who.bottom)
 
     torso = (py >= 0.17) & (py < 0.53) & (np.abs(px) < 0.105 * b)
-    pattern = {
-        "solid": np.zeros_like(torso),
-        "hstripes": (py * 22) % 1 < 0.5,
-        "vstripes": ((px / b + 1) * 25) % 1 < 0.5,
-        "checks": (((py * 14) % 1 < 0.5) ^ (((px / b + 1) * 14) % 1 < 0.5)),
-        "two_tone": py > 0.35,
-        "logo": (np.abs(py - 0.3) < 0.06) & (np.abs(px) < 0.05 * b),
-    }[who.pattern]
+    pattern = _pattern(who.pattern, py, px / b)
     _paint(img, torso & ~pattern, who.top)
     _paint(img, torso & pattern, who.top2)
     for side in (1, -1):
@@ -251,6 +244,21 @@ def _draw_person(img: np.ndarray, who: Appearance, camera: Camera, scene: Scene,
         strap = (np.abs((py - 0.18) - (px + 0.1 * b) * 1.6) < 0.02) & torso
         _paint(img, strap, who.accessory_colour * 0.7)
         _paint(img, (py > 0.44) & (py < 0.58) & (px > 0.08 * b) & (px < 0.19 * b), who.accessory_colour)
+
+
+def _pattern(name: str, py: np.ndarray, px: np.ndarray) -> np.ndarray:
+    """Where a top shows its second colour; `px` is scaled by the build."""
+    if name == "hstripes":
+        return (py * 22) % 1 < 0.5
+    if name == "vstripes":
+        return ((px + 1) * 25) % 1 < 0.5
+    if name == "checks":
+        return ((py * 14) % 1 < 0.5) ^ (((px + 1) * 14) % 1 < 0.5)
+    if name == "two_tone":
+        return py > 0.35
+    if name == "logo":
+        return (np.abs(py - 0.3) < 0.06) & (np.abs(px) < 0.05)
+    return np.zeros(py.shape, dtype=bool)
 
 
 def _draw_occluder(img: np.ndarray, scene: Scene, t: int, length: int) -> None:
