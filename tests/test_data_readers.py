@@ -14,8 +14,6 @@ from PIL import Image
 from train.data import Tracklet, load_dataset
 from train.data.mars import mars_image_name
 
-FRAME_NUMBER = re.compile(r"(\d+)\D*$")
-
 
 def write_image(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +148,7 @@ def test_mars_rejects_unknown_protocol_and_split(tmp_path):
 # ---------------------------------------------------------------- DukeMTMC-VideoReID
 
 DUKE = {
-    "train": [(12, 1, 6, [1, 2, 10]), (12, 2, 3, [5]), (40, 7, 8, [9, 100, 11])],
+    "train": [(12, 1, 6, [1, 2, 10]), (12, 2, 3, [5]), (40, 7, 8, [9999, 10000, 11])],
     "query": [(3, 1, 2, [1, 2])],
     "gallery": [(3, 2, 5, [4]), (77, 3, 1, [1, 2])],
 }
@@ -172,7 +170,7 @@ def test_dukev_reads_pid_from_folder_camera_from_name_frames_in_numeric_order(tm
     assert ds.num_train_pids == 2 and ds.num_train_cams == 8
     assert [(t.pid, t.camid, len(t)) for t in ds.train] == [(0, 5, 3), (0, 2, 1), (1, 7, 3)]
     assert frame_numbers(ds.train[0], r"_F(\d+)") == [1, 2, 10]
-    assert frame_numbers(ds.train[2], r"_F(\d+)") == [9, 11, 100]
+    assert frame_numbers(ds.train[2], r"_F(\d+)") == [11, 9999, 10000]
     assert [(t.pid, t.camid) for t in ds.query] == [(3, 1)]
     assert [(t.pid, t.camid) for t in ds.gallery] == [(3, 4), (77, 0)]
     assert Path(ds.gallery[1].frames[0]).parent == root / "gallery" / "0077" / "0003"
@@ -279,7 +277,7 @@ def write_prid2011(root: Path, splits=PRID_SPLITS) -> Path:
     multi_shot = root / "prid_2011" / "multi_shot"
     for person in ["person_0001", "person_0002", "person_0003", "person_0010"]:
         for cam in ("cam_a", "cam_b"):
-            frames = [9, 10, 11] if cam == "cam_a" else [1, 2]
+            frames = [10000, 999, 9998] if cam == "cam_a" else [1, 2]
             for f in frames:
                 write_image(multi_shot / cam / person / f"{f:04d}.png")
     write_image(multi_shot / "cam_b" / "person_0500" / "0001.png")  # seen by cam_b only: never listed
@@ -296,7 +294,7 @@ def test_prid2011_split_follows_the_json_order_query_cam_a_gallery_cam_b(tmp_pat
         ("person_0001", 1, 0),
         ("person_0001", 1, 1),
     ]
-    assert frame_numbers(ds.train[0], r"(\d+)\.png") == [9, 10, 11]
+    assert frame_numbers(ds.train[0], r"(\d+)\.png") == [999, 9998, 10000]
     assert [(Path(t.frames[0]).parent.name, t.pid) for t in ds.query] == [
         ("person_0002", 0),
         ("person_0010", 1),
