@@ -196,8 +196,7 @@ def _background(camera: Camera, scene: Scene, t: int, grid: tuple[np.ndarray, np
         tiles = ((np.floor(xs * 5) + np.floor(yy * 10)) % 2 == 0) & (yy >= camera.horizon)
         img = np.where(tiles[..., None], img * 0.75, img)
     for y0, x0, y1, x1, colour in scene.clutter:
-        box = (yy >= y0) & (yy < y1) & (xs >= x0) & (xs < x1)
-        img = np.where(box[..., None], colour * 0.85, img)
+        img[(yy >= y0) & (yy < y1) & (xs >= x0) & (xs < x1)] = colour * 0.85
     return img
 
 
@@ -206,10 +205,16 @@ def _paint(img: np.ndarray, mask: np.ndarray, colour: np.ndarray | float) -> Non
 
 
 def _draw_person(
-    img: np.ndarray, who: Appearance, camera: Camera, scene: Scene, t: int, rng: np.random.Generator
+    img: np.ndarray,
+    who: Appearance,
+    camera: Camera,
+    scene: Scene,
+    t: int,
+    grid: tuple[np.ndarray, np.ndarray],
+    rng: np.random.Generator,
 ) -> None:
     h, w = img.shape[:2]
-    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    yy, xx = grid[0] * h, grid[1] * w
     phase = scene.phase + t * scene.pace * 1.3
     height = camera.scale * who.stature * h * rng.uniform(0.97, 1.03)
     top = h * 0.99 - height - 0.02 * height * abs(np.sin(phase)) + rng.uniform(-1, 1)
@@ -302,9 +307,9 @@ def _render_tracklet(
     )
     frames = []
     for t in range(length):
-        img = _background(camera, scene, t, grid).copy()
+        img = _background(camera, scene, t, grid)
         if who is not None:
-            _draw_person(img, who, camera, scene, t, rng)
+            _draw_person(img, who, camera, scene, t, grid, rng)
         _draw_occluder(img, scene, t, grid)
         img = img * (camera.gain * scene.light) * camera.tint + rng.normal(0.0, 0.02, img.shape)
         frames.append((np.clip(img, 0.0, 1.0) * 255 + 0.5).astype(np.uint8))
