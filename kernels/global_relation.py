@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional
 
 import torch
 import triton
@@ -203,10 +202,14 @@ def _backward_kernel(
             row_ok = rows < N
             col_ok = cols < M
             av = tl.load(
-                a_ptr + bat * N * H + rows[:, None] * H + h[None, :], mask=row_ok[:, None] & h_ok[None, :], other=0.0
+                a_ptr + bat * N * H + rows[:, None] * H + h[None, :],
+                mask=row_ok[:, None] & h_ok[None, :],
+                other=0.0,
             )
             bv = tl.load(
-                b_ptr + bat * M * H + cols[:, None] * H + h[None, :], mask=col_ok[:, None] & h_ok[None, :], other=0.0
+                b_ptr + bat * M * H + cols[:, None] * H + h[None, :],
+                mask=col_ok[:, None] & h_ok[None, :],
+                other=0.0,
             )
             diff = av.to(ACC) - bv.to(ACC)
             p = _activation(diff, INNER).to(dot_dtype)
@@ -218,7 +221,9 @@ def _backward_kernel(
             if HAS_MASK:
                 valid &= tl.load(mask_ptr + bat * M + cols, mask=col_ok, other=0.0) > 0
             dg = tl.load(
-                grad_ptr + bat * N * R + rows[:, None] * R + r[None, :], mask=row_ok[:, None] & r_ok[None, :], other=0.0
+                grad_ptr + bat * N * R + rows[:, None] * R + r[None, :],
+                mask=row_ok[:, None] & r_ok[None, :],
+                other=0.0,
             )
             dz = tl.where(valid[:, None], _derivative(z, OUTER) * dg.to(ACC) * inv_count, 0.0)
             dz_dot = dz.to(dot_dtype)
@@ -251,8 +256,8 @@ def _pair_sum_kernel(
 ):  # fmt: skip
     """out[x, h] = Σ_y w_y f(a_i − b_j)[h] with (i, j) = (x, y) or (y, x); f = δ or δ'.
 
-    WEIGHT: 0 = none, 1 = key mask m_y as weights (B, N_LOOP), 2 = vector weight (B, N_LOOP, H) already including the
-    key mask of the owned items' partners.
+    WEIGHT: 0 = none, 1 = partners filtered by the key mask m_y (B, N_LOOP), 2 = a vector weight
+    per partner (B, N_LOOP, H).
     """
     block = tl.program_id(0)
     h_tile = tl.program_id(1)
@@ -261,14 +266,18 @@ def _pair_sum_kernel(
     h = h_tile * BLOCK_H + tl.arange(0, BLOCK_H)
     h_ok = h < H
     own = tl.load(
-        own_ptr + bat * N_OWN * H + x[:, None] * H + h[None, :], mask=(x < N_OWN)[:, None] & h_ok[None, :], other=0.0
+        own_ptr + bat * N_OWN * H + x[:, None] * H + h[None, :],
+        mask=(x < N_OWN)[:, None] & h_ok[None, :],
+        other=0.0,
     ).to(ACC)
     acc = tl.zeros((BLOCK_O, BLOCK_H), dtype=ACC)
     for y0 in range(0, N_LOOP, BLOCK_L):
         y = y0 + tl.arange(0, BLOCK_L)
         y_ok = y < N_LOOP
         partner = tl.load(
-            loop_ptr + bat * N_LOOP * H + y[:, None] * H + h[None, :], mask=y_ok[:, None] & h_ok[None, :], other=0.0
+            loop_ptr + bat * N_LOOP * H + y[:, None] * H + h[None, :],
+            mask=y_ok[:, None] & h_ok[None, :],
+            other=0.0,
         ).to(ACC)
         if OWN_IS_A:
             diff = own[:, None, :] - partner[None, :, :]
@@ -283,11 +292,17 @@ def _pair_sum_kernel(
             f = tl.where((w > 0)[None, :, None], f, 0.0)
         elif WEIGHT == 2:
             w = tl.load(
-                weight_ptr + bat * N_LOOP * H + y[:, None] * H + h[None, :], mask=y_ok[:, None] & h_ok[None, :], other=0.0
+                weight_ptr + bat * N_LOOP * H + y[:, None] * H + h[None, :],
+                mask=y_ok[:, None] & h_ok[None, :],
+                other=0.0,
             ).to(ACC)
             f = f * w[None, :, :]
         acc += tl.sum(tl.where(y_ok[None, :, None], f, 0.0), axis=1)
-    tl.store(out_ptr + bat * N_OWN * H + x[:, None] * H + h[None, :], acc, mask=(x < N_OWN)[:, None] & h_ok[None, :])
+    tl.store(
+        out_ptr + bat * N_OWN * H + x[:, None] * H + h[None, :],
+        acc,
+        mask=(x < N_OWN)[:, None] & h_ok[None, :],
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,7 +314,7 @@ def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(max(int(n), 1)))
 
 
-def _small_tile(n_own: int, n_loop: int, max_pairs: int) -> Optional[tuple[int, int]]:
+def _small_tile(n_own: int, n_loop: int, max_pairs: int) -> tuple[int, int] | None:
     """(BLOCK_O, BLOCK_L) covering a whole small set (a clip of frames) in one step, else None."""
     o, l = _pow2(n_own, 1), _pow2(n_loop, 1)
     if o * l > max_pairs:
@@ -307,8 +322,16 @@ def _small_tile(n_own: int, n_loop: int, max_pairs: int) -> Optional[tuple[int, 
     return o, max(l, 16 // o)
 
 
-_FORWARD_TILES = [(2, 64, 4, 3), (4, 32, 4, 3), (8, 16, 4, 3), (4, 32, 8, 3), (4, 64, 8, 3), (8, 32, 8, 3),
-                  (8, 16, 4, 2), (16, 16, 8, 2)]  # fmt: skip
+_FORWARD_TILES = [
+    (2, 64, 4, 3),
+    (4, 32, 4, 3),
+    (8, 16, 4, 3),
+    (4, 32, 8, 3),
+    (4, 64, 8, 3),
+    (8, 32, 8, 3),
+    (8, 16, 4, 2),
+    (16, 16, 8, 2),
+]
 _BACKWARD_TILES = [(2, 16, 4, 2), (4, 8, 4, 2), (2, 32, 8, 2), (4, 16, 8, 2), (8, 8, 8, 2), (4, 8, 8, 1)]
 
 
@@ -322,7 +345,7 @@ _backward_tuned = triton.autotune(configs=_configs(_BACKWARD_TILES), key=["N", "
 )
 
 
-def _launch(kernel, tuned, grid, tile: Optional[tuple[int, int]], args: tuple, meta: dict) -> None:
+def _launch(kernel, tuned, grid, tile: tuple[int, int] | None, args: tuple, meta: dict) -> None:
     """Run ``kernel`` with a fixed pair tile, or its autotuned twin when no tile is imposed."""
     if tile is None and not interpreting():
         tuned[grid](*args, **meta)
@@ -331,7 +354,7 @@ def _launch(kernel, tuned, grid, tile: Optional[tuple[int, int]], args: tuple, m
     kernel[grid](*args, BLOCK_O=o, BLOCK_L=l, **meta)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -358,7 +381,7 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-def _key_weights(key_mask: Optional[Tensor], a: Tensor, M: int) -> tuple[Optional[Tensor], Tensor]:
+def _key_weights(key_mask: Tensor | None, a: Tensor, M: int) -> tuple[Tensor | None, Tensor]:
     """(m as 0/1 in the accumulation dtype or None, 1 / max(Σ_j m_j, 1) per batch element)."""
     acc, _ = _acc_dtypes(a.dtype)
     if key_mask is None:
@@ -367,8 +390,9 @@ def _key_weights(key_mask: Optional[Tensor], a: Tensor, M: int) -> tuple[Optiona
     return m, 1.0 / m.sum(dim=1).clamp(min=1)
 
 
-def _pair_sum(own: Tensor, loop: Tensor, weight: Optional[Tensor], code: int, derivative: bool,
-              own_is_a: bool) -> Tensor:  # fmt: skip
+def _pair_sum(
+    own: Tensor, loop: Tensor, weight: Tensor | None, code: int, derivative: bool, own_is_a: bool
+) -> Tensor:
     """Σ over partners of f(a_i − b_j) per owned item and channel, weighted (see _pair_sum_kernel)."""
     B, n_own, H = own.shape
     n_loop = loop.shape[1]
@@ -377,19 +401,33 @@ def _pair_sum(own: Tensor, loop: Tensor, weight: Optional[Tensor], code: int, de
     if out.numel() == 0:
         return out.zero_()
     kind = 0 if weight is None else (1 if weight.dim() == 2 else 2)
-    tile = _small_tile(n_own, n_loop, 256) or ((8, 16) if interpreting() else (16, 32))
-    block_h = min(_pow2(H, 1), 32 if interpreting() else 64)
+    tile = _small_tile(n_own, n_loop, 128) or ((8, 16) if interpreting() else (16, 16))
+    block_h = min(_pow2(H, 1), 32)
     grid = (triton.cdiv(n_own, tile[0]), triton.cdiv(H, block_h), B)
     _pair_sum_kernel[grid](
-        own, loop, weight if weight is not None else own, out, n_own, n_loop, H,
-        CODE=code, DERIVATIVE=derivative, OWN_IS_A=own_is_a, WEIGHT=kind, ACC=acc_tl,
-        BLOCK_O=tile[0], BLOCK_L=tile[1], BLOCK_H=block_h, num_warps=4,
-    )  # fmt: skip
+        own,
+        loop,
+        weight if weight is not None else own,
+        out,
+        n_own,
+        n_loop,
+        H,
+        CODE=code,
+        DERIVATIVE=derivative,
+        OWN_IS_A=own_is_a,
+        WEIGHT=kind,
+        ACC=acc_tl,
+        BLOCK_O=tile[0],
+        BLOCK_L=tile[1],
+        BLOCK_H=block_h,
+        num_warps=4,
+    )
     return out
 
 
-def forward(a: Tensor, b: Tensor, weight: Tensor, bias: Optional[Tensor], key_mask: Optional[Tensor],
-            inner: str, outer: str) -> Tensor:  # fmt: skip
+def forward(
+    a: Tensor, b: Tensor, weight: Tensor, bias: Tensor | None, key_mask: Tensor | None, inner: str, outer: str
+) -> Tensor:
     """g (B, N, R) in a's dtype; inputs contiguous, weight/bias in a's dtype, key_mask bool or None."""
     B, N, H = a.shape
     M, R = b.shape[1], weight.shape[0]
@@ -408,19 +446,44 @@ def forward(a: Tensor, b: Tensor, weight: Tensor, bias: Optional[Tensor], key_ma
     def grid(meta):
         return (triton.cdiv(N, meta.get("BLOCK_O", o)), triton.cdiv(R, block_r), B)
 
-    args = (a, b, weight, bias if bias is not None else weight, m if m is not None else inv_count, inv_count, g,
-            N, M, H, R)  # fmt: skip
+    args = (
+        a,
+        b,
+        weight,
+        bias if bias is not None else weight,
+        m if m is not None else inv_count,
+        inv_count,
+        g,
+        N,
+        M,
+        H,
+        R,
+    )
     meta = dict(
-        INNER=activations.CODES[inner], OUTER=activations.CODES[outer], HAS_BIAS=bias is not None,
-        HAS_MASK=m is not None, ACC=acc_tl, PRECISION=_precision(a.dtype), BLOCK_H=block_h, BLOCK_R=block_r,
-    )  # fmt: skip
+        INNER=activations.CODES[inner],
+        OUTER=activations.CODES[outer],
+        HAS_BIAS=bias is not None,
+        HAS_MASK=m is not None,
+        ACC=acc_tl,
+        PRECISION=_precision(a.dtype),
+        BLOCK_H=block_h,
+        BLOCK_R=block_r,
+    )
     _launch(_forward_kernel, _forward_tuned, grid, tile, args, meta)
     return g
 
 
-def backward(grad: Tensor, a: Tensor, b: Tensor, weight: Tensor, bias: Optional[Tensor],
-             key_mask: Optional[Tensor], inner: str, outer: str,
-             deterministic: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+def backward(
+    grad: Tensor,
+    a: Tensor,
+    b: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    key_mask: Tensor | None,
+    inner: str,
+    outer: str,
+    deterministic: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(da, db, dweight, dbias); every reduction has a fixed order, so the result is reproducible
     whatever ``deterministic`` says."""
     B, N, H = a.shape
@@ -430,8 +493,7 @@ def backward(grad: Tensor, a: Tensor, b: Tensor, weight: Tensor, bias: Optional[
         return _identity_backward(grad, a, b, weight, m, inv_count, inner)
     acc, acc_tl = _acc_dtypes(a.dtype)
     if B * N * M * H * R == 0:
-        return (torch.zeros_like(a), torch.zeros_like(b), torch.zeros_like(weight),
-                weight.new_zeros(R))  # fmt: skip
+        return (torch.zeros_like(a), torch.zeros_like(b), torch.zeros_like(weight), weight.new_zeros(R))
     block_r = min(_pow2(R), 32 if interpreting() else 64)
     block_h = _pow2(H)
     n_rt = triton.cdiv(R, block_r)
@@ -441,15 +503,34 @@ def backward(grad: Tensor, a: Tensor, b: Tensor, weight: Tensor, bias: Optional[
     dw_part = torch.empty(programs, R, H, dtype=acc, device=a.device)
     dbias_part = torch.empty(programs, R, dtype=acc, device=a.device)
     meta = dict(
-        INNER=activations.CODES[inner], OUTER=activations.CODES[outer], HAS_BIAS=bias is not None,
-        HAS_MASK=m is not None, ACC=acc_tl, PRECISION=_precision(a.dtype), BLOCK_H=block_h, BLOCK_R=block_r,
-    )  # fmt: skip
-    inputs = (a, b, weight, bias if bias is not None else weight, m if m is not None else inv_count, inv_count,
-              grad)  # fmt: skip
+        INNER=activations.CODES[inner],
+        OUTER=activations.CODES[outer],
+        HAS_BIAS=bias is not None,
+        HAS_MASK=m is not None,
+        ACC=acc_tl,
+        PRECISION=_precision(a.dtype),
+        BLOCK_H=block_h,
+        BLOCK_R=block_r,
+    )
+    inputs = (
+        a,
+        b,
+        weight,
+        bias if bias is not None else weight,
+        m if m is not None else inv_count,
+        inv_count,
+        grad,
+    )
 
     rows_tile = _small_tile(N, M, 64)
-    _launch(_backward_kernel, _backward_tuned, (programs, n_rt), rows_tile,
-            (*inputs, da_part, dw_part, dbias_part, B, N, M, H, R), dict(meta, OWN_KEYS=False))  # fmt: skip
+    _launch(
+        _backward_kernel,
+        _backward_tuned,
+        (programs, n_rt),
+        rows_tile,
+        (*inputs, da_part, dw_part, dbias_part, B, N, M, H, R),
+        dict(meta, OWN_KEYS=False),
+    )
 
     cols_tile = _small_tile(M, N, 64)
     o = cols_tile[0] if cols_tile is not None else 4
@@ -457,8 +538,14 @@ def backward(grad: Tensor, a: Tensor, b: Tensor, weight: Tensor, bias: Optional[
     def cols_grid(launch_meta):
         return (B * triton.cdiv(M, launch_meta.get("BLOCK_O", o)), n_rt)
 
-    _launch(_backward_kernel, _backward_tuned, cols_grid, cols_tile,
-            (*inputs, db_part, dw_part, dbias_part, B, N, M, H, R), dict(meta, OWN_KEYS=True))  # fmt: skip
+    _launch(
+        _backward_kernel,
+        _backward_tuned,
+        cols_grid,
+        cols_tile,
+        (*inputs, db_part, dw_part, dbias_part, B, N, M, H, R),
+        dict(meta, OWN_KEYS=True),
+    )
 
     da = da_part.sum(dim=0).to(a.dtype)
     db = db_part.sum(dim=0).to(b.dtype)
@@ -490,7 +577,7 @@ def _identity_backward(grad, a, b, weight, m, inv_count, inner):
     return da.to(a.dtype), db.to(b.dtype), dweight.to(weight.dtype), dbias.to(weight.dtype)
 
 
-def _has_keys(m: Optional[Tensor], inv_count: Tensor, M: int) -> Tensor:
+def _has_keys(m: Tensor | None, inv_count: Tensor, M: int) -> Tensor:
     """1 per batch element with at least one valid key, else 0 (accumulation dtype)."""
     if m is None:
         return torch.full_like(inv_count, 1.0 if M > 0 else 0.0)

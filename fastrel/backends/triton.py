@@ -8,7 +8,6 @@ without a GPU) and float64. Triton is imported only when the backend is probed o
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import torch
 
@@ -17,7 +16,7 @@ from fastrel.backends.base import Backend
 _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _probe() -> Optional[str]:
+def _probe() -> str | None:
     try:
         import triton  # noqa: F401
 
