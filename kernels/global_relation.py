@@ -89,7 +89,7 @@ def _forward_kernel(
     a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, inv_count_ptr, g_ptr,
     N, M, H, R,
     INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    ACC: tl.constexpr, PRECISION: tl.constexpr,
+    ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     """g[bat, rows, r-tile] for one block of BLOCK_O rows and one tile of BLOCK_R outputs."""
@@ -97,7 +97,7 @@ def _forward_kernel(
     row_block = tl.program_id(0)
     r_tile = tl.program_id(1)
     bat = tl.program_id(2).to(tl.int64)
-    dot_dtype = w_ptr.dtype.element_ty
+    io_dtype = w_ptr.dtype.element_ty
 
     pair = tl.arange(0, BLOCK_P)
     rows = row_block * BLOCK_O + pair // BLOCK_L
@@ -121,8 +121,10 @@ def _forward_kernel(
                 mask=(cols < M)[:, None] & h_ok[None, :],
                 other=0.0,
             )
-            p = _activation(av.to(ACC) - bv.to(ACC), INNER).to(dot_dtype)
-            wt = tl.load(w_ptr + r[None, :] * H + h[:, None], mask=r_ok[None, :] & h_ok[:, None], other=0.0)
+            p = _activation(av.to(ACC) - bv.to(ACC), INNER).to(io_dtype).to(DOT)
+            wt = tl.load(
+                w_ptr + r[None, :] * H + h[:, None], mask=r_ok[None, :] & h_ok[:, None], other=0.0
+            ).to(DOT)
             z = tl.dot(p, wt, z, input_precision=PRECISION, out_dtype=ACC)
         if HAS_BIAS:
             z += bias[None, :]
@@ -147,7 +149,7 @@ def _backward_kernel(
     B, N, M, H, R,
     OWN_KEYS: tl.constexpr,
     INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    ACC: tl.constexpr, PRECISION: tl.constexpr,
+    ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     """One R tile of the gradient of the items this program owns.
@@ -163,7 +165,7 @@ def _backward_kernel(
     program = tl.program_id(0)
     programs = tl.num_programs(0)
     r_tile = tl.program_id(1)
-    dot_dtype = w_ptr.dtype.element_ty
+    io_dtype = w_ptr.dtype.element_ty
     if OWN_KEYS:
         n_own = M
         n_loop = N
@@ -212,8 +214,8 @@ def _backward_kernel(
                 other=0.0,
             )
             diff = av.to(ACC) - bv.to(ACC)
-            p = _activation(diff, INNER).to(dot_dtype)
-            w_tile = tl.load(w_tile_ptrs, mask=w_tile_mask, other=0.0)
+            p = _activation(diff, INNER).to(io_dtype).to(DOT)
+            w_tile = tl.load(w_tile_ptrs, mask=w_tile_mask, other=0.0).to(DOT)
             z = tl.dot(p, tl.trans(w_tile), input_precision=PRECISION, out_dtype=ACC)
             if HAS_BIAS:
                 z += bias[None, :]
@@ -226,7 +228,7 @@ def _backward_kernel(
                 other=0.0,
             )
             dz = tl.where(valid[:, None], _derivative(z, OUTER) * dg.to(ACC) * inv_count, 0.0)
-            dz_dot = dz.to(dot_dtype)
+            dz_dot = dz.to(io_dtype).to(DOT)
             dp = tl.dot(dz_dot, w_tile, input_precision=PRECISION, out_dtype=ACC)
             du = _derivative(diff, INNER) * dp
             dx_acc += tl.sum(tl.reshape(du, (BLOCK_O, BLOCK_L, BLOCK_H)), axis=1)
@@ -374,6 +376,16 @@ def _acc_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:
     return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
 
 
+def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
+    """Operand dtype of tl.dot: the input dtype. The interpreter mishandles bf16 dots, so there the
+    operands are rounded to bf16 and multiplied in fp32, which gives the same products."""
+    if dtype == torch.bfloat16 and interpreting():
+        return tl.float32
+    return {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}.get(
+        dtype, tl.float16
+    )
+
+
 def _precision(dtype: torch.dtype) -> str:
     """Full fp32 unless the user allowed TF32 for matmuls; half types ignore the setting."""
     if dtype == torch.float64 or (dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32):
@@ -465,6 +477,7 @@ def forward(
         HAS_BIAS=bias is not None,
         HAS_MASK=m is not None,
         ACC=acc_tl,
+        DOT=_dot_dtype(a.dtype),
         PRECISION=_precision(a.dtype),
         BLOCK_H=block_h,
         BLOCK_R=block_r,
@@ -508,6 +521,7 @@ def backward(
         HAS_BIAS=bias is not None,
         HAS_MASK=m is not None,
         ACC=acc_tl,
+        DOT=_dot_dtype(a.dtype),
         PRECISION=_precision(a.dtype),
         BLOCK_H=block_h,
         BLOCK_R=block_r,
