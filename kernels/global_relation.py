@@ -57,27 +57,30 @@ def interpreting() -> bool:
 @triton.jit
 def _activation(x, CODE: tl.constexpr):
     if CODE == RELU:
-        y = tl.where(x > 0, x, 0.0)
+        y = tl.where(x > 0, x, tl.zeros(x.shape, x.dtype))
     elif CODE == LEAKY_RELU:
-        y = tl.where(x > 0, x, x * LEAKY_SLOPE)
+        y = tl.where(x > 0, x, x * tl.full(x.shape, LEAKY_SLOPE, x.dtype))
     elif CODE == ABS:
         y = tl.abs(x)
     else:
         y = x
-    return y.to(x.dtype)
+    return y
 
 
 @triton.jit
 def _derivative(x, CODE: tl.constexpr):
+    """Constants are built in x's dtype: a float literal would be rounded to fp32 first."""
+    one = tl.full(x.shape, 1.0, x.dtype)
+    zero = tl.zeros(x.shape, x.dtype)
     if CODE == RELU:
-        y = tl.where(x > 0, 1.0, 0.0)
+        y = tl.where(x > 0, one, zero)
     elif CODE == LEAKY_RELU:
-        y = tl.where(x > 0, 1.0, LEAKY_SLOPE)
+        y = tl.where(x > 0, one, tl.full(x.shape, LEAKY_SLOPE, x.dtype))
     elif CODE == ABS:
-        y = tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
+        y = tl.where(x > 0, one, tl.where(x < 0, -one, zero))
     else:
-        y = tl.full(x.shape, 1.0, x.dtype)
-    return y.to(x.dtype)
+        y = one
+    return y
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,9 +125,7 @@ def _forward_kernel(
                 other=0.0,
             )
             p = _activation(av.to(ACC) - bv.to(ACC), INNER).to(io_dtype).to(DOT)
-            wt = tl.load(
-                w_ptr + r[None, :] * H + h[:, None], mask=r_ok[None, :] & h_ok[:, None], other=0.0
-            ).to(DOT)
+            wt = tl.load(w_ptr + r[None, :] * H + h[:, None], mask=r_ok[None, :] & h_ok[:, None], other=0.0).to(DOT)
             z = tl.dot(p, wt, z, input_precision=PRECISION, out_dtype=ACC)
         if HAS_BIAS:
             z += bias[None, :]
@@ -381,9 +382,7 @@ def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
     operands are rounded to bf16 and multiplied in fp32, which gives the same products."""
     if dtype == torch.bfloat16 and interpreting():
         return tl.float32
-    return {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}.get(
-        dtype, tl.float16
-    )
+    return {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}.get(dtype, tl.float16)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -402,9 +401,7 @@ def _key_weights(key_mask: Tensor | None, a: Tensor, M: int) -> tuple[Tensor | N
     return m, 1.0 / m.sum(dim=1).clamp(min=1)
 
 
-def _pair_sum(
-    own: Tensor, loop: Tensor, weight: Tensor | None, code: int, derivative: bool, own_is_a: bool
-) -> Tensor:
+def _pair_sum(own: Tensor, loop: Tensor, weight: Tensor | None, code: int, derivative: bool, own_is_a: bool) -> Tensor:
     """Σ over partners of f(a_i − b_j) per owned item and channel, weighted (see _pair_sum_kernel)."""
     B, n_own, H = own.shape
     n_loop = loop.shape[1]
