@@ -336,6 +336,9 @@ _FORWARD_TILES = [
     (16, 16, 8, 2),
 ]
 _BACKWARD_TILES = [(2, 16, 4, 2), (4, 8, 4, 2), (2, 32, 8, 2), (4, 16, 8, 2), (8, 8, 8, 2), (4, 8, 8, 1)]
+#: Tiles used without autotuning (the interpreter, FASTREL_TRITON_AUTOTUNE=0).
+_FORWARD_FIXED = (4, 8, 4, 2) if interpreting() else (4, 32, 4, 3)
+_BACKWARD_FIXED = (4, 8, 4, 2)
 
 
 def _configs(tiles: list[tuple[int, int, int, int]]) -> list[triton.Config]:
@@ -348,13 +351,19 @@ _backward_tuned = triton.autotune(configs=_configs(_BACKWARD_TILES), key=["N", "
 )
 
 
-def _launch(kernel, tuned, grid, tile: tuple[int, int] | None, args: tuple, meta: dict) -> None:
-    """Run ``kernel`` with a fixed pair tile, or its autotuned twin when no tile is imposed."""
-    if tile is None and not interpreting():
+def autotuning() -> bool:
+    """Autotune on GPUs unless FASTREL_TRITON_AUTOTUNE=0 (tests: one fixed tile, fewer compilations)."""
+    return not interpreting() and os.environ.get("FASTREL_TRITON_AUTOTUNE", "1") != "0"
+
+
+def _launch(kernel, tuned, grid, tile: tuple[int, int] | None, fixed: tuple[int, int, int, int], args, meta) -> None:
+    """Run ``kernel`` with the imposed pair tile, else autotuned, else with the ``fixed`` tile
+    (BLOCK_O, BLOCK_L, num_warps, num_stages)."""
+    if tile is None and autotuning():
         tuned[grid](*args, **meta)
         return
-    o, l = tile if tile is not None else (4, 8)
-    kernel[grid](*args, BLOCK_O=o, BLOCK_L=l, **meta)
+    o, l, warps, stages = fixed if tile is None else (*tile, fixed[2], fixed[3])
+    kernel[grid](*args, BLOCK_O=o, BLOCK_L=l, num_warps=warps, num_stages=stages, **meta)
 
 
 @functools.cache
@@ -450,10 +459,9 @@ def forward(
     block_r = min(_pow2(R), 32 if interpreting() else 128)
     block_h = min(_pow2(H), 32 if interpreting() else 64)
     tile = _small_tile(N, M, 128)
-    o = tile[0] if tile is not None else (4 if interpreting() else 2)
 
     def grid(meta):
-        return (triton.cdiv(N, meta.get("BLOCK_O", o)), triton.cdiv(R, block_r), B)
+        return (triton.cdiv(N, meta["BLOCK_O"]), triton.cdiv(R, block_r), B)
 
     args = (
         a,
@@ -479,7 +487,7 @@ def forward(
         BLOCK_H=block_h,
         BLOCK_R=block_r,
     )
-    _launch(_forward_kernel, _forward_tuned, grid, tile, args, meta)
+    _launch(_forward_kernel, _forward_tuned, grid, tile, _FORWARD_FIXED, args, meta)
     return g
 
 
@@ -539,21 +547,22 @@ def backward(
         _backward_tuned,
         (programs, n_rt),
         rows_tile,
+        _BACKWARD_FIXED,
         (*inputs, da_part, dw_part, dbias_part, B, N, M, H, R),
         dict(meta, OWN_KEYS=False),
     )
 
     cols_tile = _small_tile(M, N, 64)
-    o = cols_tile[0] if cols_tile is not None else 4
 
     def cols_grid(launch_meta):
-        return (B * triton.cdiv(M, launch_meta.get("BLOCK_O", o)), n_rt)
+        return (B * triton.cdiv(M, launch_meta["BLOCK_O"]), n_rt)
 
     _launch(
         _backward_kernel,
         _backward_tuned,
         cols_grid,
         cols_tile,
+        _BACKWARD_FIXED,
         (*inputs, db_part, dw_part, dbias_part, B, N, M, H, R),
         dict(meta, OWN_KEYS=True),
     )
