@@ -1,0 +1,302 @@
+"""The measuring half of benchmarks/gpu_check.sh: the device's bf16 matmul peak, the issue's GPU
+cases (Triton backend against the materialising reference and torch.compile of it), and the one
+results file that gathers everything the script ran.
+
+    python benchmarks/gpu_check.py cases --out cases.json [--dry]
+    python benchmarks/gpu_check.py report --dir gpu_results
+
+``--dry`` runs the same cases at tiny sizes on the CPU (Triton interpreter), to test the script.
+Ratios are reported, never asserted: the targets sit beside the measurements for the reader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+#: The issue's targets on H100/H200, reported next to the measured ratios.
+TARGETS = {
+    "speedup_vs_reference": 5.0,
+    "speedup_vs_compiled_reference": 2.0,
+    "memory_fraction_of_reference": 1 / 20,
+    "fraction_of_matmul_peak": 0.5,
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    B: int
+    N: int
+    H: int
+    R: int
+    modes: tuple[str, ...]
+    peers: tuple[str, ...]
+    masked: bool = False
+
+    def forward_flops(self) -> int:
+        return 2 * self.B * self.N * self.N * self.H * self.R
+
+
+GPU_CASES = (
+    Case("rgsa_576_frames", 576, 128, 256, 128, ("fwd", "fwdbwd"), ("reference", "compiled_reference")),
+    Case("rgsa_large_forward", 4, 2048, 128, 128, ("fwd",), ("reference",)),
+    Case("rgtr_2000_frames", 1, 2000, 256, 128, ("fwd", "fwdbwd"), ("reference",), masked=True),
+)
+DRY_CASES = (
+    Case("rgsa_576_frames", 4, 8, 16, 16, ("fwd", "fwdbwd"), ("reference", "compiled_reference")),
+    Case("rgsa_large_forward", 1, 64, 16, 16, ("fwd",), ("reference",)),
+    Case("rgtr_2000_frames", 1, 40, 16, 8, ("fwd", "fwdbwd"), ("reference",), masked=True),
+)
+
+
+def inputs(case: Case, dtype: torch.dtype, device: str, seed: int = 0) -> dict:
+    """Random a, b, W_r, β_r (never zeros), a key mask for the tracklet case, an upstream gradient."""
+    g = torch.Generator().manual_seed(seed)
+    t = {
+        "a": torch.randn(case.B, case.N, case.H, generator=g),
+        "b": torch.randn(case.B, case.N, case.H, generator=g),
+        "weight": torch.randn(case.R, case.H, generator=g) / math.sqrt(case.H),
+        "bias": torch.randn(case.R, generator=g),
+        "grad": torch.randn(case.B, case.N, case.R, generator=g),
+    }
+    t = {k: v.to(device=device, dtype=dtype) for k, v in t.items()}
+    t["key_mask"] = None
+    if case.masked:
+        mask = torch.ones(case.B, case.N, dtype=torch.bool)
+        mask[:, -max(case.N // 20, 1) :] = False  # a padded tail, as when tracklets are batched
+        t["key_mask"] = mask.to(device)
+    return t
+
+
+def implementations() -> dict[str, Callable]:
+    import fastrel
+    from fastrel import reference
+
+    def fused(a, b, weight, bias, key_mask):
+        return fastrel.global_relation(a, b, weight, bias, key_mask=key_mask, backend="triton")
+
+    def materialising(a, b, weight, bias, key_mask):
+        return reference.global_relation(a, b, weight, bias, key_mask=key_mask)
+
+    return {"triton": fused, "reference": materialising, "compiled_reference": torch.compile(materialising)}
+
+
+def timed(fn: Callable[[], object], device: str) -> float:
+    """Median milliseconds of ``fn`` after warm-up (CUDA events through triton.testing.do_bench)."""
+    if device == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median"))
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def measure(impl: Callable, t: dict, mode: str, device: str) -> dict:
+    """First-call seconds (compilation, autotuning), median time and peak memory above the inputs."""
+    leaves = [t[k].detach().requires_grad_(mode == "fwdbwd") for k in ("a", "b", "weight", "bias")]
+
+    def call():
+        if mode == "fwd":
+            with torch.no_grad():
+                return impl(*leaves, t["key_mask"])
+        out = impl(*leaves, t["key_mask"])
+        return torch.autograd.grad(out, leaves, t["grad"])
+
+    start = time.perf_counter()
+    call()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    first_call_s = time.perf_counter() - start
+    peak_mib = None
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        call()
+        torch.cuda.synchronize()
+        peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return {"time_ms": timed(call, device), "first_call_s": first_call_s, "peak_mib": peak_mib}
+
+
+def accuracy(impls: dict, case: Case, dtype: torch.dtype, device: str) -> dict:
+    """Relative errors of the Triton backend and of the reference in ``dtype`` against the reference in
+    float32 (float64 on the CPU), forward and every gradient, on a cut of the case that keeps the
+    float32 reference's pair tensors small: at most 4 batch elements and 512 items."""
+    small = Case(case.name, min(case.B, 4), min(case.N, 512), case.H, case.R, case.modes, case.peers, case.masked)
+    t = inputs(small, dtype, device, seed=1)
+    exact_dtype = torch.float64 if device == "cpu" else torch.float32
+
+    def run(impl, cast):
+        leaves = [t[k].to(cast).detach().requires_grad_() for k in ("a", "b", "weight", "bias")]
+        out = impl(*leaves, t["key_mask"])
+        grads = torch.autograd.grad(out, leaves, t["grad"].to(cast))
+        return [out, *grads]
+
+    exact = run(impls["reference"], exact_dtype)
+    names = ("out", "da", "db", "dweight", "dbias")
+    result = {}
+    for label, impl in (("triton", impls["triton"]), ("reference", impls["reference"])):
+        got = run(impl, dtype)
+        result[label] = {
+            n: float((x.to(exact_dtype) - y).norm() / y.norm().clamp(min=1e-30)) for n, x, y in zip(names, got, exact)
+        }
+    return result
+
+
+def matmul_peak_tflops(device: str) -> float:
+    """Measured bf16 matmul rate of the device (random operands, not zeros)."""
+    n = 8192 if device == "cuda" else 256
+    x = torch.randn(n, n, device=device).to(torch.bfloat16)
+    y = torch.randn(n, n, device=device).to(torch.bfloat16)
+    ms = timed(lambda: x @ y, device)
+    return 2 * n**3 / (ms * 1e-3) / 1e12
+
+
+def run_cases(dry: bool) -> dict:
+    device = "cpu" if dry else "cuda"
+    dtype = torch.bfloat16
+    impls = implementations()
+    result = {"device": device_name(device), "dtype": "bfloat16", "targets": TARGETS, "cases": {}}
+    result["matmul_peak_tflops"] = peak = matmul_peak_tflops(device)
+    print(f"bf16 matmul peak: {peak:.1f} TFLOP/s", flush=True)
+    for case in DRY_CASES if dry else GPU_CASES:
+        t = inputs(case, dtype, device)
+        entry = {"shape": dict(B=case.B, N=case.N, M=case.N, H=case.H, R=case.R, masked=case.masked)}
+        for mode in case.modes:
+            for name in ("triton", *case.peers):
+                key = f"{name}/{mode}"
+                try:
+                    entry[key] = measure(impls[name], t, mode, device)
+                except Exception as error:  # an OOM or a compile failure is a result, not a crash
+                    entry[key] = {"error": f"{type(error).__name__}: {error}".splitlines()[0][:300]}
+                    traceback.print_exc()
+                print(case.name, key, entry[key], flush=True)
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+        try:
+            entry["accuracy"] = accuracy(impls, case, dtype, device)
+        except Exception as error:
+            entry["accuracy"] = {"error": f"{type(error).__name__}: {error}".splitlines()[0][:300]}
+        entry["ratios"] = ratios(entry, case, peak)
+        result["cases"][case.name] = entry
+    return result
+
+
+def ratios(entry: dict, case: Case, peak: float) -> dict:
+    """Speed-ups and memory fractions against each peer, and the forward rate against the matmul peak."""
+    out = {}
+    for mode in case.modes:
+        mine = entry.get(f"triton/{mode}", {})
+        if "time_ms" not in mine:
+            continue
+        for peer in case.peers:
+            theirs = entry.get(f"{peer}/{mode}", {})
+            if "time_ms" in theirs:
+                out[f"speedup_vs_{peer}/{mode}"] = theirs["time_ms"] / mine["time_ms"]
+            if mine.get("peak_mib") and theirs.get("peak_mib"):
+                out[f"memory_fraction_of_{peer}/{mode}"] = mine["peak_mib"] / theirs["peak_mib"]
+        if mode == "fwd":
+            tflops = case.forward_flops() / (mine["time_ms"] * 1e-3) / 1e12
+            out["triton_fwd_tflops"] = tflops
+            out["fraction_of_matmul_peak/fwd"] = tflops / peak
+    return out
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} CPU (Triton interpreter)"
+
+
+def report(directory: Path) -> dict:
+    """Gather steps.tsv, the log tails, cases.json and the benchmark CSV into gpu_check.json."""
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": device_name("cuda" if torch.cuda.is_available() else "cpu"),
+        "steps": [],
+    }
+    try:
+        import triton
+
+        result["triton"] = triton.__version__
+    except ImportError as error:
+        result["triton"] = f"unavailable: {error}"
+    steps = directory / "logs" / "steps.tsv"
+    for line in steps.read_text().splitlines() if steps.exists() else []:
+        name, rc, seconds = line.split("\t")
+        log = directory / "logs" / f"{name}.log"
+        tail = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else []
+        result["steps"].append({"name": name, "rc": int(rc), "seconds": float(seconds), "log_tail": tail})
+    cases = directory / "cases.json"
+    result["cases"] = json.loads(cases.read_text()) if cases.exists() else None
+    bench = sorted(directory.glob("bench_*.csv"))
+    result["benchmark_rows"] = [row for path in bench for row in csv.DictReader(path.open())]
+    (directory / "gpu_check.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def summary(result: dict) -> str:
+    lines = [f"device: {result['device']}  torch {result['torch']}  triton {result.get('triton')}"]
+    lines += [f"  step {s['name']:<24} rc={s['rc']:<4} {s['seconds']:7.1f} s" for s in result["steps"]]
+    cases = result.get("cases") or {}
+    if cases:
+        lines.append(f"  bf16 matmul peak {cases['matmul_peak_tflops']:.1f} TFLOP/s")
+        for name, entry in cases["cases"].items():
+            for key, value in entry.get("ratios", {}).items():
+                lines.append(f"  {name:<20} {key:<44} {value:10.4g}")
+            for key, value in entry.items():
+                if "/" in key and "time_ms" in value:
+                    mem = value["peak_mib"]
+                    mem_text = f"{mem:9.1f} MiB" if mem is not None else "      - MiB"
+                    lines.append(f"  {name:<20} {key:<44} {value['time_ms']:10.3f} ms {mem_text}")
+                elif "/" in key:
+                    lines.append(f"  {name:<20} {key:<44} {value.get('error')}")
+            acc = entry.get("accuracy", {})
+            if "triton" in acc:
+                worst = max(acc["triton"].values())
+                ref = max(acc["reference"].values())
+                lines.append(f"  {name:<20} {'max rel err triton / bf16 reference':<44} {worst:.2e} / {ref:.2e}")
+    lines.append(f"  benchmark rows: {len(result.get('benchmark_rows') or [])}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cases = sub.add_parser("cases", help="matmul peak and the issue's GPU cases")
+    cases.add_argument("--out", type=Path, required=True)
+    cases.add_argument("--dry", action="store_true", help="tiny sizes on the CPU (Triton interpreter)")
+    rep = sub.add_parser("report", help="write <dir>/gpu_check.json and print a summary")
+    rep.add_argument("--dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "cases":
+        if not args.dry and not torch.cuda.is_available():
+            parser.error("cases: no CUDA device; use --dry on a CPU machine")
+        args.out.write_text(json.dumps(run_cases(args.dry), indent=1))
+    else:
+        print(summary(report(args.dir)))
+
+
+if __name__ == "__main__":
+    main()
