@@ -7,15 +7,18 @@ row pass, keys j in the column pass) and loops over tiles of ``BLOCK_L`` partner
 tile ``δ(a_i − b_j)`` is a plain (BLOCK_P, BLOCK_H) matrix formed in registers from two gathered
 loads (both rows are L1/L2 resident), and the projection is one ``tl.dot`` with ``W_rᵀ``. Only a
 few rows per program keep the per-row accumulators small (the backward keeps a full-H gradient
-row per owned item in registers) while the flattened pair dimension still fills the tensor cores;
-a small clip (T ≤ 16 frames) fits in one program with one step. No (i, j) tile ever reaches memory.
+row per owned item in registers) while the flattened pair dimension still fills the tensor cores.
+Two regimes share the kernels: a small set (an RGTR clip of up to 8 frames, at most 128 pairs;
+64 in the backward) is one tile, so one program covers the clip in one step; larger sets (RGSA
+maps, long tracklets with key masks) loop over autotuned tiles. No (i, j) tile reaches memory.
 
 Forward: z = δ(a_i − b_j) W_rᵀ (K-loop over H) + β_r, r = σ(z), masked and accumulated per pair
 slot in fp32; the slots are folded to rows (reshape + sum over the partner axis) once at the end.
 
 Backward (DESIGN §1) recomputes the tiles. The row pass owns rows: dz = m σ'(z) dG/n,
 dp = dz W_r, du = δ'(a − b) ⊙ dp, da = Σ_j du, and dW_r += dzᵀ p, dβ_r += Σ dz. The column pass
-owns keys and produces db = −Σ_i du. There are no atomics: the passes are bitwise reproducible.
+owns keys and produces db = −Σ_i du (five GEMMs of the forward's size in all, against one for
+the forward). There are no atomics, so the backward is bitwise reproducible in every mode.
 R is split into tiles of ``BLOCK_R`` across programs; each tile contributes a partial da/db
 (the derivative factor is elementwise, so partials over R tiles add up) and the weight gradients
 go through per-program fp32 partials; the host sums the partials in a fixed order.
@@ -38,7 +41,6 @@ from fastrel import activations
 Tensor = torch.Tensor
 
 LEAKY_SLOPE: tl.constexpr = tl.constexpr(activations.LEAKY_SLOPE)
-IDENTITY: tl.constexpr = tl.constexpr(activations.CODES["identity"])
 RELU: tl.constexpr = tl.constexpr(activations.CODES["relu"])
 LEAKY_RELU: tl.constexpr = tl.constexpr(activations.CODES["leaky_relu"])
 ABS: tl.constexpr = tl.constexpr(activations.CODES["abs"])
