@@ -94,7 +94,7 @@ def _forward_kernel(
     a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, inv_count_ptr, g_ptr,
     N, M, H, R,
     INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+    ACC: tl.constexpr, DIFF: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     """g[bat, rows, r-tile] for one block of BLOCK_O rows and one tile of BLOCK_R outputs."""
@@ -126,7 +126,7 @@ def _forward_kernel(
                 mask=(cols < M)[:, None] & h_ok[None, :],
                 other=0.0,
             )
-            p = _activation(av.to(ACC) - bv.to(ACC), INNER).to(io_dtype).to(DOT)
+            p = _activation(av.to(DIFF) - bv.to(DIFF), INNER).to(io_dtype).to(DOT)
             wt = tl.load(w_ptr + r[None, :] * H + h[:, None], mask=r_ok[None, :] & h_ok[:, None], other=0.0).to(DOT)
             z = tl.dot(p, wt, z, input_precision=PRECISION, out_dtype=ACC)
         if HAS_BIAS:
@@ -396,6 +396,15 @@ def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
     return {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}.get(dtype, tl.float16)
 
 
+def _diff_dtype(dtype: torch.dtype, inner: str) -> tl.dtype:
+    """Dtype of a_i − b_j in the forward: bf16/fp16 on GPUs (packed half arithmetic; the GEMM
+    operand is rounded to half precision either way), else fp32/fp64. leaky_relu keeps fp32 so
+    that its slope is not rounded to half precision."""
+    if dtype in (torch.bfloat16, torch.float16) and not interpreting() and inner != "leaky_relu":
+        return _dot_dtype(dtype)
+    return _acc_dtypes(dtype)[1]
+
+
 def _precision(dtype: torch.dtype) -> str:
     """Full fp32 unless the user allowed TF32 for matmuls; half types ignore the setting."""
     if dtype == torch.float64 or (dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32):
@@ -484,6 +493,7 @@ def forward(
         HAS_BIAS=bias is not None,
         HAS_MASK=m is not None,
         ACC=acc_tl,
+        DIFF=_diff_dtype(a.dtype, inner),
         DOT=_dot_dtype(a.dtype),
         PRECISION=_precision(a.dtype),
         BLOCK_H=block_h,
