@@ -18,7 +18,8 @@ slot in fp32; the slots are folded to rows (reshape + sum over the partner axis)
 Backward (DESIGN §1) recomputes the tiles. The row pass owns rows: dz = m σ'(z) dG/n,
 dp = dz W_r, du = δ'(a − b) ⊙ dp, da = Σ_j du, and dW_r += dzᵀ p, dβ_r += Σ dz. The column pass
 owns keys and produces db = −Σ_i du (five GEMMs of the forward's size in all, against one for
-the forward). There are no atomics, so the backward is bitwise reproducible in every mode.
+the forward); with no atomics the backward is bitwise reproducible. When determinism is not
+asked for, the row pass adds db with atomics instead and the column pass is skipped (three GEMMs).
 R is split into tiles of ``BLOCK_R`` across programs; each tile contributes a partial da/db
 (the derivative factor is elementwise, so partials over R tiles add up) and the weight gradients
 go through per-program fp32 partials; the host sums the partials in a fixed order.
@@ -148,9 +149,9 @@ def _forward_kernel(
 @triton.jit
 def _backward_kernel(
     a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, inv_count_ptr, grad_ptr,
-    dx_part_ptr, dw_part_ptr, dbias_part_ptr,
+    dx_part_ptr, dw_part_ptr, dbias_part_ptr, db_ptr,
     B, N, M, H, R,
-    OWN_KEYS: tl.constexpr,
+    OWN_KEYS: tl.constexpr, ATOMIC_DB: tl.constexpr,
     INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -160,6 +161,8 @@ def _backward_kernel(
     Row pass (OWN_KEYS=False): owned items are rows i; writes da partials (n_rt, B, N, H) and this
     program's dW_r / dβ_r partials, slots (programs, R, H) / (programs, R).
     Column pass (OWN_KEYS=True): owned items are keys j; writes db partials (n_rt, B, M, H).
+    ATOMIC_DB (row pass only) also adds each tile's −Σ_i du into db (B, M, H) with atomics, which
+    replaces the column pass when reproducibility is not asked for.
     Program (g, r_tile) handles the work items g, g + programs, ... where a work item is one
     block of BLOCK_O owned items of one batch element. BLOCK_H covers all of H, so the gradient
     rows of the owned items stay in registers across the partner loop.
@@ -238,6 +241,13 @@ def _backward_kernel(
             if not OWN_KEYS:
                 dw_acc = tl.dot(tl.trans(dz_dot), p, dw_acc, input_precision=PRECISION, out_dtype=ACC)
                 dbias_acc += tl.sum(dz, axis=0)
+                if ATOMIC_DB:
+                    tile_cols = l0 + tl.arange(0, BLOCK_L)
+                    tl.atomic_add(
+                        db_ptr + (bat * M + tile_cols[:, None]) * H + h[None, :],
+                        -tl.sum(tl.reshape(du, (BLOCK_O, BLOCK_L, BLOCK_H)), axis=0),
+                        mask=(tile_cols < M)[:, None] & h_ok[None, :],
+                    )
         if OWN_KEYS:
             dx_acc = -dx_acc
         own_items = block * BLOCK_O + tl.arange(0, BLOCK_O)
@@ -343,14 +353,23 @@ _FORWARD_FIXED = (4, 8, 4, 2) if interpreting() else (4, 32, 4, 3)
 _BACKWARD_FIXED = (4, 8, 4, 2)
 
 
-def _configs(tiles: list[tuple[int, int, int, int]]) -> list[triton.Config]:
-    return [triton.Config({"BLOCK_O": o, "BLOCK_L": l}, num_warps=w, num_stages=s) for o, l, w, s in tiles]
+def _zero_atomic_db(nargs: dict) -> None:
+    """Before every autotuning trial and the final run: atomics accumulate into db."""
+    if nargs.get("ATOMIC_DB"):
+        nargs["db_ptr"].zero_()
+
+
+def _configs(tiles: list[tuple[int, int, int, int]], pre_hook=None) -> list[triton.Config]:
+    return [
+        triton.Config({"BLOCK_O": o, "BLOCK_L": l}, num_warps=w, num_stages=s, pre_hook=pre_hook)
+        for o, l, w, s in tiles
+    ]
 
 
 _forward_tuned = triton.autotune(configs=_configs(_FORWARD_TILES), key=["N", "M", "H", "R"])(_forward_kernel)
-_backward_tuned = triton.autotune(configs=_configs(_BACKWARD_TILES), key=["N", "M", "H", "R", "OWN_KEYS"])(
-    _backward_kernel
-)
+_backward_tuned = triton.autotune(
+    configs=_configs(_BACKWARD_TILES, _zero_atomic_db), key=["N", "M", "H", "R", "OWN_KEYS", "ATOMIC_DB"]
+)(_backward_kernel)
 
 
 def autotuning() -> bool:
@@ -514,8 +533,9 @@ def backward(
     outer: str,
     deterministic: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(da, db, dweight, dbias); every reduction has a fixed order, so the result is reproducible
-    whatever ``deterministic`` says."""
+    """(da, db, dweight, dbias). Deterministic: a row pass (da, dW_r, dβ_r) and a column pass (db),
+    every reduction in a fixed order, so the result is bitwise reproducible. Otherwise the row pass
+    also adds db with atomics and the column pass is skipped. σ = identity is always reproducible."""
     B, N, H = a.shape
     M, R = b.shape[1], weight.shape[0]
     m, inv_count = _key_weights(key_mask, a, M)
@@ -529,7 +549,8 @@ def backward(
     n_rt = triton.cdiv(R, block_r)
     programs = min(_row_pass_programs(a), B * N)
     da_part = torch.empty(n_rt, B, N, H, dtype=acc, device=a.device)
-    db_part = torch.empty(n_rt, B, M, H, dtype=acc, device=a.device)
+    db_part = torch.empty(n_rt, B, M, H, dtype=acc, device=a.device) if deterministic else None
+    db_atomic = None if deterministic else torch.zeros(B, M, H, dtype=acc, device=a.device)
     dw_part = torch.empty(programs, R, H, dtype=acc, device=a.device)
     dbias_part = torch.empty(programs, R, dtype=acc, device=a.device)
     meta = dict(
@@ -560,9 +581,13 @@ def backward(
         (programs, n_rt),
         rows_tile,
         _BACKWARD_FIXED,
-        (*inputs, da_part, dw_part, dbias_part, B, N, M, H, R),
-        dict(meta, OWN_KEYS=False),
+        (*inputs, da_part, dw_part, dbias_part, db_atomic if db_atomic is not None else da_part, B, N, M, H, R),
+        dict(meta, OWN_KEYS=False, ATOMIC_DB=not deterministic),
     )
+    da = da_part.sum(dim=0).to(a.dtype)
+    dweight, dbias = dw_part.sum(dim=0).to(weight.dtype), dbias_part.sum(dim=0).to(weight.dtype)
+    if not deterministic:
+        return da, db_atomic.to(b.dtype), dweight, dbias
 
     cols_tile = _small_tile(M, N, 64)
 
@@ -575,13 +600,10 @@ def backward(
         cols_grid,
         cols_tile,
         _BACKWARD_FIXED,
-        (*inputs, db_part, dw_part, dbias_part, B, N, M, H, R),
-        dict(meta, OWN_KEYS=True),
+        (*inputs, db_part, dw_part, dbias_part, db_part, B, N, M, H, R),
+        dict(meta, OWN_KEYS=True, ATOMIC_DB=False),
     )
-
-    da = da_part.sum(dim=0).to(a.dtype)
-    db = db_part.sum(dim=0).to(b.dtype)
-    return da, db, dw_part.sum(dim=0).to(weight.dtype), dbias_part.sum(dim=0).to(weight.dtype)
+    return da, db_part.sum(dim=0).to(b.dtype), dweight, dbias
 
 
 def _identity_forward(a, b, weight, bias, m, inv_count, inner) -> Tensor:
