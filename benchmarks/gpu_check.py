@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import itertools
 import json
 import math
 import platform
@@ -87,12 +88,20 @@ def implementations() -> dict[str, Callable]:
     from fastrel import reference
 
     def fused(a, b, weight, bias, key_mask):
-        return fastrel.global_relation(a, b, weight, bias, key_mask=key_mask, backend="triton")
+        return fastrel.global_relation(a, b, weight, bias, key_mask=key_mask, backend="triton", deterministic=False)
+
+    def fused_deterministic(a, b, weight, bias, key_mask):
+        return fastrel.global_relation(a, b, weight, bias, key_mask=key_mask, backend="triton", deterministic=True)
 
     def materialising(a, b, weight, bias, key_mask):
         return reference.global_relation(a, b, weight, bias, key_mask=key_mask)
 
-    return {"triton": fused, "reference": materialising, "compiled_reference": torch.compile(materialising)}
+    return {
+        "triton": fused,
+        "triton_deterministic": fused_deterministic,
+        "reference": materialising,
+        "compiled_reference": torch.compile(materialising),
+    }
 
 
 def timed(fn: Callable[[], object], device: str) -> float:
@@ -181,7 +190,8 @@ def run_cases(dry: bool) -> dict:
         t = inputs(case, dtype, device)
         entry = {"shape": dict(B=case.B, N=case.N, M=case.N, H=case.H, R=case.R, masked=case.masked)}
         for mode in case.modes:
-            for name in ("triton", *case.peers):
+            mine = ("triton", "triton_deterministic") if mode == "fwdbwd" else ("triton",)
+            for name in (*mine, *case.peers):
                 key = f"{name}/{mode}"
                 try:
                     entry[key] = measure(impls[name], t, mode, device)
@@ -201,18 +211,19 @@ def run_cases(dry: bool) -> dict:
 
 
 def ratios(entry: dict, case: Case, peak: float) -> dict:
-    """Speed-ups and memory fractions against each peer, and the forward rate against the matmul peak."""
+    """Speed-ups and memory fractions of both Triton modes against each peer, and the forward rate
+    against the matmul peak."""
     out = {}
-    for mode in case.modes:
-        mine = entry.get(f"triton/{mode}", {})
+    for mode, impl in itertools.product(case.modes, ("triton", "triton_deterministic")):
+        mine = entry.get(f"{impl}/{mode}", {})
         if "time_ms" not in mine:
             continue
         for peer in case.peers:
             theirs = entry.get(f"{peer}/{mode}", {})
             if "time_ms" in theirs:
-                out[f"speedup_vs_{peer}/{mode}"] = theirs["time_ms"] / mine["time_ms"]
+                out[f"{impl}_speedup_vs_{peer}/{mode}"] = theirs["time_ms"] / mine["time_ms"]
             if mine.get("peak_mib") and theirs.get("peak_mib"):
-                out[f"memory_fraction_of_{peer}/{mode}"] = mine["peak_mib"] / theirs["peak_mib"]
+                out[f"{impl}_memory_fraction_of_{peer}/{mode}"] = mine["peak_mib"] / theirs["peak_mib"]
         if mode == "fwd":
             tflops = case.forward_flops() / (mine["time_ms"] * 1e-3) / 1e12
             out["triton_fwd_tflops"] = tflops
@@ -264,19 +275,19 @@ def summary(result: dict) -> str:
         lines.append(f"  bf16 matmul peak {cases['matmul_peak_tflops']:.1f} TFLOP/s")
         for name, entry in cases["cases"].items():
             for key, value in entry.get("ratios", {}).items():
-                lines.append(f"  {name:<20} {key:<44} {value:10.4g}")
+                lines.append(f"  {name:<20} {key:<52} {value:10.4g}")
             for key, value in entry.items():
                 if "/" in key and "time_ms" in value:
                     mem = value["peak_mib"]
                     mem_text = f"{mem:9.1f} MiB" if mem is not None else "      - MiB"
-                    lines.append(f"  {name:<20} {key:<44} {value['time_ms']:10.3f} ms {mem_text}")
+                    lines.append(f"  {name:<20} {key:<52} {value['time_ms']:10.3f} ms {mem_text}")
                 elif "/" in key:
-                    lines.append(f"  {name:<20} {key:<44} {value.get('error')}")
+                    lines.append(f"  {name:<20} {key:<52} {value.get('error')}")
             acc = entry.get("accuracy", {})
             if "triton" in acc:
                 worst = max(acc["triton"].values())
                 ref = max(acc["reference"].values())
-                lines.append(f"  {name:<20} {'max rel err triton / bf16 reference':<44} {worst:.2e} / {ref:.2e}")
+                lines.append(f"  {name:<20} {'max rel err triton / bf16 reference':<52} {worst:.2e} / {ref:.2e}")
     lines.append(f"  benchmark rows: {len(result.get('benchmark_rows') or [])}")
     return "\n".join(lines)
 

@@ -23,7 +23,7 @@ LOGS=$RESULTS/logs
 mkdir -p "$LOGS"
 : > "$LOGS/steps.tsv"
 PY=${PYTHON:-python}
-DEADLINE=${GPU_CHECK_SECONDS:-450}  # the whole run, leaving a margin under 8 minutes
+DEADLINE=${GPU_CHECK_SECONDS:-460}  # the whole run, leaving a margin under 8 minutes
 export PYTHONUNBUFFERED=1
 
 if [ "$DRY" = 1 ]; then
@@ -61,12 +61,12 @@ if [ "$DRY" = 1 ]; then
               --time-limit 20 --out "$RESULTS/bench_cpu.csv")
 else
   export MAX_JOBS=${MAX_JOBS:-$(nproc)}
-  step build 200 "$PY" -m pip install --no-build-isolation --no-deps -e .
-  step cases 150 "$PY" benchmarks/gpu_check.py cases --out "$RESULTS/cases.json"
-  step tests_gpu 60 "$PY" -m pytest -q -m gpu tests
+  step build 180 "$PY" -m pip install --no-build-isolation --no-deps -e .
+  step tests_gpu 40 "$PY" -m pytest -q -m gpu tests
   # Fixed Triton tiles in the tests: autotuning every random shape would compile for minutes.
-  step tests_property 170 env FASTREL_TRITON_AUTOTUNE=0 "$PY" -m pytest -q \
+  step tests_property 130 env FASTREL_TRITON_AUTOTUNE=0 "$PY" -m pytest -q --maxfail=10 \
     tests/test_global_relation.py -k "triton or cuda"
+  step cases 200 "$PY" benchmarks/gpu_check.py cases --out "$RESULTS/cases.json"
   BENCH_ARGS=(--device cuda --dtype bfloat16 --quick --time-limit 10 --out "$RESULTS/bench_cuda.csv")
 fi
 
