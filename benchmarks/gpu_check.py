@@ -179,7 +179,9 @@ def matmul_peak_tflops(device: str) -> float:
     return 2 * n**3 / (ms * 1e-3) / 1e12
 
 
-def run_cases(dry: bool) -> dict:
+def run_cases(dry: bool, out: Path) -> dict:
+    """Measure every case; ``out`` is rewritten after each measurement, so a run cut short by the
+    script's time cap still leaves what it measured."""
     device = "cpu" if dry else "cuda"
     dtype = torch.bfloat16
     impls = implementations()
@@ -199,6 +201,8 @@ def run_cases(dry: bool) -> dict:
                     entry[key] = {"error": f"{type(error).__name__}: {error}".splitlines()[0][:300]}
                     traceback.print_exc()
                 print(case.name, key, entry[key], flush=True)
+                result["cases"][case.name] = entry
+                out.write_text(json.dumps(result, indent=1))
                 if device == "cuda":
                     torch.cuda.empty_cache()
         try:
@@ -206,7 +210,7 @@ def run_cases(dry: bool) -> dict:
         except Exception as error:
             entry["accuracy"] = {"error": f"{type(error).__name__}: {error}".splitlines()[0][:300]}
         entry["ratios"] = ratios(entry, case, peak)
-        result["cases"][case.name] = entry
+        out.write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -304,7 +308,7 @@ def main(argv=None) -> None:
     if args.command == "cases":
         if not args.dry and not torch.cuda.is_available():
             parser.error("cases: no CUDA device; use --dry on a CPU machine")
-        args.out.write_text(json.dumps(run_cases(args.dry), indent=1))
+        run_cases(args.dry, args.out)
     else:
         print(summary(report(args.dir)))
 
