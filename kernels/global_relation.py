@@ -179,7 +179,6 @@ def _backward_kernel(
         n_own = N
         n_loop = M
 
-    pair = tl.arange(0, BLOCK_P)
     h = tl.arange(0, BLOCK_H)
     h_ok = h < H
     r = r_tile * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -197,64 +196,77 @@ def _backward_kernel(
         bat = (item // n_blocks).to(tl.int64)
         block = item % n_blocks
         inv_count = tl.load(inv_count_ptr + bat)
-        own = block * BLOCK_O + pair // BLOCK_L
+        own = block * BLOCK_O + tl.arange(0, BLOCK_O)
+        own_ok = own < n_own
+        if OWN_KEYS:
+            own_v = tl.load(
+                b_ptr + (bat * M + own[:, None]) * H + h[None, :], mask=own_ok[:, None] & h_ok[None, :], other=0.0
+            )
+            if HAS_MASK:
+                own_ok &= tl.load(mask_ptr + bat * M + own, mask=own_ok, other=0.0) > 0
+        else:
+            own_v = tl.load(
+                a_ptr + (bat * N + own[:, None]) * H + h[None, :], mask=own_ok[:, None] & h_ok[None, :], other=0.0
+            )
+            dg_own = tl.load(
+                grad_ptr + (bat * N + own[:, None]) * R + r[None, :], mask=own_ok[:, None] & r_ok[None, :], other=0.0
+            )
+        own_v = own_v.to(ACC)
         dx_acc = tl.zeros((BLOCK_O, BLOCK_H), dtype=ACC)
         for l0 in range(0, n_loop, BLOCK_L):
-            other = l0 + pair % BLOCK_L
+            other = l0 + tl.arange(0, BLOCK_L)
+            other_ok = other < n_loop
             if OWN_KEYS:
-                rows = other
-                cols = own
+                other_v = tl.load(
+                    a_ptr + (bat * N + other[:, None]) * H + h[None, :],
+                    mask=other_ok[:, None] & h_ok[None, :],
+                    other=0.0,
+                ).to(ACC)
+                diff3 = other_v[None, :, :] - own_v[:, None, :]
+                dg_other = tl.load(
+                    grad_ptr + (bat * N + other[:, None]) * R + r[None, :],
+                    mask=other_ok[:, None] & r_ok[None, :],
+                    other=0.0,
+                )
+                dg3 = tl.broadcast_to(dg_other[None, :, :], (BLOCK_O, BLOCK_L, BLOCK_R))
             else:
-                rows = own
-                cols = other
-            row_ok = rows < N
-            col_ok = cols < M
-            av = tl.load(
-                a_ptr + bat * N * H + rows[:, None] * H + h[None, :],
-                mask=row_ok[:, None] & h_ok[None, :],
-                other=0.0,
-            )
-            bv = tl.load(
-                b_ptr + bat * M * H + cols[:, None] * H + h[None, :],
-                mask=col_ok[:, None] & h_ok[None, :],
-                other=0.0,
-            )
-            diff = av.to(ACC) - bv.to(ACC)
+                other_v = tl.load(
+                    b_ptr + (bat * M + other[:, None]) * H + h[None, :],
+                    mask=other_ok[:, None] & h_ok[None, :],
+                    other=0.0,
+                ).to(ACC)
+                diff3 = own_v[:, None, :] - other_v[None, :, :]
+                if HAS_MASK:
+                    other_ok &= tl.load(mask_ptr + bat * M + other, mask=other_ok, other=0.0) > 0
+                dg3 = tl.broadcast_to(dg_own[:, None, :], (BLOCK_O, BLOCK_L, BLOCK_R))
+            diff = tl.reshape(diff3, (BLOCK_P, BLOCK_H))
+            dg = tl.reshape(dg3, (BLOCK_P, BLOCK_R))
+            valid = tl.reshape(own_ok[:, None] & other_ok[None, :], (BLOCK_P,))
             p = _activation(diff, INNER).to(io_dtype).to(DOT)
             w_tile = tl.load(w_tile_ptrs, mask=w_tile_mask, other=0.0).to(DOT)
             z = tl.dot(p, tl.trans(w_tile), input_precision=PRECISION, out_dtype=ACC)
             if HAS_BIAS:
                 z += bias[None, :]
-            valid = row_ok & col_ok
-            if HAS_MASK:
-                valid &= tl.load(mask_ptr + bat * M + cols, mask=col_ok, other=0.0) > 0
-            dg = tl.load(
-                grad_ptr + bat * N * R + rows[:, None] * R + r[None, :],
-                mask=row_ok[:, None] & r_ok[None, :],
-                other=0.0,
-            )
             dz = tl.where(valid[:, None], _derivative(z, OUTER) * dg.to(ACC) * inv_count, 0.0)
             dz_dot = dz.to(io_dtype).to(DOT)
             dp = tl.dot(dz_dot, w_tile, input_precision=PRECISION, out_dtype=ACC)
-            du = _derivative(diff, INNER) * dp
-            dx_acc += tl.sum(tl.reshape(du, (BLOCK_O, BLOCK_L, BLOCK_H)), axis=1)
+            du = tl.reshape(_derivative(diff, INNER) * dp, (BLOCK_O, BLOCK_L, BLOCK_H))
+            dx_acc += tl.sum(du, axis=1)
             if not OWN_KEYS:
                 dw_acc = tl.dot(tl.trans(dz_dot), p, dw_acc, input_precision=PRECISION, out_dtype=ACC)
                 dbias_acc += tl.sum(dz, axis=0)
                 if ATOMIC_DB:
-                    tile_cols = l0 + tl.arange(0, BLOCK_L)
                     tl.atomic_add(
-                        db_ptr + (bat * M + tile_cols[:, None]) * H + h[None, :],
-                        -tl.sum(tl.reshape(du, (BLOCK_O, BLOCK_L, BLOCK_H)), axis=0),
-                        mask=(tile_cols < M)[:, None] & h_ok[None, :],
+                        db_ptr + (bat * M + other[:, None]) * H + h[None, :],
+                        -tl.sum(du, axis=0),
+                        mask=(other < M)[:, None] & h_ok[None, :],
                     )
         if OWN_KEYS:
             dx_acc = -dx_acc
-        own_items = block * BLOCK_O + tl.arange(0, BLOCK_O)
         tl.store(
-            dx_part_ptr + ((r_tile * B + bat) * n_own + own_items[:, None]) * H + h[None, :],
+            dx_part_ptr + ((r_tile * B + bat) * n_own + own[:, None]) * H + h[None, :],
             dx_acc,
-            mask=(own_items < n_own)[:, None] & h_ok[None, :],
+            mask=(own < n_own)[:, None] & h_ok[None, :],
         )
     if not OWN_KEYS:
         tl.store(dw_part_ptr + (program * R + r[:, None]) * H + h[None, :], dw_acc, mask=w_tile_mask)
