@@ -4,6 +4,7 @@ results file that gathers everything the script ran.
 
     python benchmarks/gpu_check.py cases --out cases.json [--dry]
     python benchmarks/gpu_check.py report --dir gpu_results
+    python benchmarks/gpu_check.py registers     # no GPU needed: ptxas report of every tuned tile
 
 ``--dry`` runs the same cases at tiny sizes on the CPU (Triton interpreter), to test the script.
 Ratios are reported, never asserted: the targets sit beside the measurements for the reader.
@@ -296,6 +297,78 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
+#: Pointer arguments that carry the input dtype; the other pointers are fp32 buffers.
+_IO_POINTERS = ("a_ptr", "b_ptr", "w_ptr", "bias_ptr", "grad_ptr", "g_ptr")
+
+
+def registers(arch: int = 90) -> list[str]:
+    """Compile the forward and backward kernels for sm_<arch> at every autotuned tile (bf16, relu,
+    H 128 and 256) with Triton's bundled ptxas and report registers, spill bytes and the MMA kind:
+    register spills are the first suspect when a kernel is slow, and this needs no GPU."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from fastrel.kernels import global_relation as k
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    target = GPUTarget("cuda", arch, 32)
+    lines = []
+
+    def report(fn, constants: dict, warps: int, stages: int, label: str) -> None:
+        signature = {}
+        for param in fn.params:
+            name = param.name
+            if param.is_constexpr:
+                signature[name] = "constexpr"
+            elif name.endswith("_ptr"):
+                signature[name] = "*bf16" if name in _IO_POINTERS else "*fp32"
+            else:
+                signature[name] = "i32"
+        source = ASTSource(fn=fn, signature=signature, constexprs=constants)
+        try:
+            kernel = triton.compile(source, target=target, options=dict(num_warps=warps, num_stages=stages))
+        except Exception as error:
+            lines.append(f"{label:<44} compile error: {str(error).splitlines()[0][:200]}")
+            return
+        ptx = kernel.asm["ptx"]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "kernel.ptx")
+            with open(path, "w") as f:
+                f.write(ptx)
+            out = subprocess.run(
+                [ptxas, f"-arch=sm_{arch}a", "-v", path, "-o", os.path.join(tmp, "kernel.cubin")],
+                capture_output=True,
+                text=True,
+            ).stderr
+        regs = re.findall(r"Used (\d+) registers", out)
+        spills = re.findall(r"(\d+) bytes spill stores", out)
+        mma = "wgmma" if "wgmma" in ptx else ("mma" if "mma.sync" in ptx else "no mma")
+        lines.append(
+            f"{label:<44} regs {regs[0] if regs else '?':>4}  spill {spills[0] if spills else '?':>5} B"
+            f"  smem {kernel.metadata.shared:>6} B  {mma}"
+        )
+
+    common = dict(INNER=1, OUTER=1, HAS_BIAS=True, HAS_MASK=True, ACC=tl.float32, DOT=tl.bfloat16, PRECISION="tf32")
+    for o, l, warps, stages in k._FORWARD_TILES:
+        constants = dict(common, DIFF=tl.bfloat16, BLOCK_O=o, BLOCK_L=l, BLOCK_H=64, BLOCK_R=64)
+        report(k._forward_kernel, constants, warps, stages, f"forward O{o} L{l} w{warps} s{stages}")
+    for h in (128, 256):
+        for o, l, warps, stages in k._BACKWARD_TILES:
+            for own_keys, atomic in ((False, False), (True, False), (False, True)):
+                constants = dict(common, OWN_KEYS=own_keys, ATOMIC_DB=atomic, BLOCK_O=o, BLOCK_L=l, BLOCK_H=h)
+                constants["BLOCK_R"] = 32
+                name = "columns" if own_keys else ("rows+atomic" if atomic else "rows")
+                report(k._backward_kernel, constants, warps, stages, f"backward {name} H{h} O{o} L{l} w{warps}")
+    return lines
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -304,11 +377,15 @@ def main(argv=None) -> None:
     cases.add_argument("--dry", action="store_true", help="tiny sizes on the CPU (Triton interpreter)")
     rep = sub.add_parser("report", help="write <dir>/gpu_check.json and print a summary")
     rep.add_argument("--dir", type=Path, required=True)
+    reg = sub.add_parser("registers", help="ptxas register/spill report of every tuned tile (no GPU needed)")
+    reg.add_argument("--arch", type=int, default=90)
     args = parser.parse_args(argv)
     if args.command == "cases":
         if not args.dry and not torch.cuda.is_available():
             parser.error("cases: no CUDA device; use --dry on a CPU machine")
         run_cases(args.dry, args.out)
+    elif args.command == "registers":
+        print("\n".join(registers(args.arch)))
     else:
         print(summary(report(args.dir)))
 

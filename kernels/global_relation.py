@@ -3,9 +3,10 @@
 Layout. A program owns a small block of ``BLOCK_O`` items (query rows i in the forward and the
 row pass, keys j in the column pass) and loops over tiles of ``BLOCK_L`` partners. The
 ``BLOCK_O x BLOCK_L`` pairs of one step are flattened into the M dimension of a GEMM
-(``BLOCK_P = BLOCK_O * BLOCK_L`` rows, pair p = (p // BLOCK_L, p % BLOCK_L)), so the difference
-tile ``δ(a_i − b_j)`` is a plain (BLOCK_P, BLOCK_H) matrix formed in registers from two gathered
-loads (both rows are L1/L2 resident), and the projection is one ``tl.dot`` with ``W_rᵀ``. Only a
+(``BLOCK_P = BLOCK_O * BLOCK_L`` rows, pair p = (p // BLOCK_L, p % BLOCK_L)): the owned and the
+partner rows are loaded once per step, broadcast against each other and reshaped, so the
+difference tile ``δ(a_i − b_j)`` is a plain (BLOCK_P, BLOCK_H) matrix formed in registers, and the
+projection is one ``tl.dot`` with ``W_rᵀ``. Only a
 few rows per program keep the per-row accumulators small (the backward keeps a full-H gradient
 row per owned item in registers) while the flattened pair dimension still fills the tensor cores.
 Two regimes share the kernels: a small set (an RGTR clip of up to 8 frames, at most 128 pairs;
@@ -350,7 +351,7 @@ def _small_tile(n_own: int, n_loop: int, max_pairs: int) -> tuple[int, int] | No
 
 #: (BLOCK_O, BLOCK_L, num_warps, num_stages). The forward's tiles (BLOCK_H 64, BLOCK_R 64) are
 #: those that ptxas compiles for sm_90 without register spills.
-_FORWARD_TILES = [(4, 16, 8, 3), (2, 32, 8, 3), (4, 32, 8, 3), (8, 16, 8, 3), (4, 16, 4, 3), (4, 16, 8, 2)]
+_FORWARD_TILES = [(4, 16, 8, 3), (2, 32, 8, 3), (4, 32, 8, 3), (8, 16, 8, 3), (4, 16, 8, 2)]
 #: The backward keeps whole H rows in registers; with BLOCK_R 32 these tiles spill least
 #: (none at H 128, a few hundred bytes at H 256).
 _BACKWARD_TILES = [(2, 8, 8, 2), (1, 16, 4, 2), (2, 16, 8, 2), (4, 8, 8, 2), (2, 16, 4, 2)]
