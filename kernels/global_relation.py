@@ -6,9 +6,9 @@ row pass, keys j in the column pass) and loops over tiles of ``BLOCK_L`` partner
 (``BLOCK_P = BLOCK_O * BLOCK_L`` rows, pair p = (p // BLOCK_L, p % BLOCK_L)): the owned and the
 partner rows are loaded once per step, broadcast against each other and reshaped, so the
 difference tile ``δ(a_i − b_j)`` is a plain (BLOCK_P, BLOCK_H) matrix formed in registers, and the
-projection is one ``tl.dot`` with ``W_rᵀ``. Only a
-few rows per program keep the per-row accumulators small (the backward keeps a full-H gradient
-row per owned item in registers) while the flattened pair dimension still fills the tensor cores.
+projection is one ``tl.dot`` with ``W_rᵀ``. Only a few rows per program keep the per-row
+accumulators small (the backward keeps a full-H gradient row per owned item in registers) while
+the flattened pair dimension still fills the tensor cores.
 Two regimes share the kernels: a small set (an RGTR clip of up to 8 frames, at most 128 pairs;
 64 in the backward) is one tile, so one program covers the clip in one step; larger sets (RGSA
 maps, long tracklets with key masks) loop over autotuned tiles. No (i, j) tile reaches memory.
