@@ -1,20 +1,52 @@
-"""Placeholder for the `triton` backend (being written)."""
+"""The `triton` backend: fused Triton kernels (fastrel.kernels.global_relation).
+
+Runs on CUDA devices; with TRITON_INTERPRET=1 in the environment it also accepts CPU tensors
+(the interpreter runs the same kernels on the CPU, which is how the test suite covers them
+without a GPU) and float64. Triton is imported only when the backend is probed or used.
+"""
+
+from __future__ import annotations
+
+import os
 
 import torch
 
 from fastrel.backends.base import Backend
 
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-def _todo(*args, **kwargs):
-    raise NotImplementedError
+
+def _probe() -> str | None:
+    try:
+        import triton  # noqa: F401
+
+        from fastrel.kernels import global_relation  # noqa: F401
+    except ImportError as error:
+        return f"triton cannot be imported ({error})"
+    if not _INTERPRETING and not torch.cuda.is_available():
+        return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on the CPU interpreter)"
+    return None
+
+
+def _forward(a, b, weight, bias, key_mask, inner, outer):
+    from fastrel.kernels import global_relation
+
+    return global_relation.forward(a, b, weight, bias, key_mask, inner, outer)
+
+
+def _backward(grad, a, b, weight, bias, key_mask, inner, outer, deterministic):
+    from fastrel.kernels import global_relation
+
+    return global_relation.backward(grad, a, b, weight, bias, key_mask, inner, outer, deterministic)
 
 
 BACKEND = Backend(
     name="triton",
-    summary="not written yet",
-    devices=("cpu",),
-    dtypes=(torch.float32,),
-    forward=_todo,
-    backward=_todo,
-    probe=lambda: "not written yet",
+    summary="fused Triton kernels: pair tiles in registers, recomputed in backward, no atomics",
+    devices=("cuda", "cpu") if _INTERPRETING else ("cuda",),
+    dtypes=(torch.float32, torch.bfloat16, torch.float16) + ((torch.float64,) if _INTERPRETING else ()),
+    forward=_forward,
+    backward=_backward,
+    probe=_probe,
+    deterministic=True,
 )
