@@ -369,15 +369,18 @@ void backward_means(const Problem<scalar_t>& pb, const scalar_t* grad, scalar_t*
 // ---------------------------------------------------------------------------------------------
 // Fixed-order reductions of per-unit partials.
 
-// out[e] = Σ_u parts[u][e] over units u in order, for parts (U, E) in acc_t.
+// out[g][e] = Σ_u parts[g * count + u][e] over u in order, for parts (groups · count, E) in acc_t.
 template <typename acc_t, typename scalar_t>
-void sum_units(const at::Tensor& parts, int64_t first, int64_t count, scalar_t* out, int64_t E) {
-  const acc_t* p = parts.data_ptr<acc_t>() + first * E;
-  at::parallel_for(0, E, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t e = begin; e < end; ++e) {
+void sum_units(const at::Tensor& parts, int64_t groups, int64_t count, scalar_t* out, int64_t E) {
+  const acc_t* p = parts.data_ptr<acc_t>();
+  const int64_t grain = std::max<int64_t>((1 << 18) / std::max<int64_t>(count, 1), 1);
+  at::parallel_for(0, groups * E, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t ge = begin; ge < end; ++ge) {
+      const int64_t g = ge / E, e = ge % E;
+      const acc_t* pg = p + g * count * E + e;
       acc_t s = 0;
-      for (int64_t u = 0; u < count; ++u) s += p[u * E + e];
-      out[e] = static_cast<scalar_t>(s);
+      for (int64_t u = 0; u < count; ++u) s += pg[u * E];
+      out[ge] = static_cast<scalar_t>(s);
     }
   });
 }
@@ -545,13 +548,10 @@ std::vector<at::Tensor> global_relation_backward_cpu(const at::Tensor& grad, con
                                                                        dbias_parts, db_parts, units);
         });
       });
-      for (int64_t batch = 0; batch < B; ++batch) {
-        sum_units<acc_t>(db_parts, batch * units.chunks, units.chunks, db.data_ptr<scalar_t>() + batch * M * H,
-                         M * H);
-      }
+      sum_units<acc_t>(db_parts, B, units.chunks, db.data_ptr<scalar_t>(), M * H);
     }
-    sum_units<acc_t>(dw_parts, 0, U, dweight.data_ptr<scalar_t>(), R * H);
-    sum_units<acc_t>(dbias_parts, 0, U, dbias.data_ptr<scalar_t>(), R);
+    sum_units<acc_t>(dw_parts, 1, U, dweight.data_ptr<scalar_t>(), R * H);
+    sum_units<acc_t>(dbias_parts, 1, U, dbias.data_ptr<scalar_t>(), R);
   });
   return {da, db, dweight, dbias};
 }
