@@ -150,17 +150,16 @@ BackwardLaunch plan_backward(int tiles, int ldz, bool clip, int B, int64_t slab_
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
   cudaFuncAttributes attributes;
   C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
-  const size_t dz_bytes = sizeof(acc_t) * kPairs * ldz;
+  const size_t dz_bytes = sizeof(DzType<scalar_t>) * kPairs * ldz;
   const size_t clip_bytes = clip ? sizeof(acc_t) * kOwn * kOther * kCols : 0;
   const size_t room = static_cast<size_t>(shared_optin) - attributes.sharedSizeBytes;
   BackwardLaunch plan;
   plan.dz_in_shared = dz_bytes + clip_bytes <= room;
   plan.shared_bytes = clip_bytes + (plan.dz_in_shared ? dz_bytes : 0);
   TORCH_CHECK(plan.shared_bytes <= room, "global_relation (cuda): not enough shared memory");
-  if (plan.shared_bytes > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(plan.shared_bytes)));
-  }
+  // Without this the dynamic limit is 48 KiB less the static shared memory of the kernel.
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(plan.shared_bytes)));
   if (clip) {
     plan.blocks = B;
     return plan;
@@ -179,11 +178,10 @@ BackwardLaunch plan_backward(int tiles, int ldz, bool clip, int B, int64_t slab_
 
 template <bool kRows, typename scalar_t>
 void launch_backward(BackwardArgs<scalar_t> args, const BackwardLaunch& plan, at::Tensor& dz_scratch) {
-  using acc_t = typename Acc<scalar_t>::type;
   if (!plan.dz_in_shared) {
-    dz_scratch = at::empty({static_cast<int64_t>(plan.blocks) * kPairs * args.ldz},
-                           at::TensorOptions().device(at::kCUDA).dtype(c10::CppTypeToScalarType<acc_t>::value));
-    args.dz_scratch = dz_scratch.data_ptr<acc_t>();
+    const int64_t bytes = static_cast<int64_t>(sizeof(DzType<scalar_t>)) * plan.blocks * kPairs * args.ldz;
+    dz_scratch = at::empty({bytes}, at::TensorOptions().device(at::kCUDA).dtype(at::kByte));
+    args.dz_scratch = dz_scratch.data_ptr();
   }
   global_relation_backward_kernel<kRows, scalar_t>
       <<<plan.blocks, kThreads, plan.shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(args);
@@ -198,7 +196,7 @@ std::vector<at::Tensor> backward_general(const at::Tensor& grad, const at::Tenso
   using acc_t = typename Acc<scalar_t>::type;
   const int B = a.size(0), N = a.size(1), M = b.size(1), H = a.size(2), R = weight.size(0);
   const at::TensorOptions options = a.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-  const int ldz = ceil_div(R, kCols) * kCols + 1;
+  const int ldz = dz_stride<scalar_t>(R);
   const int64_t slab_bytes = static_cast<int64_t>(sizeof(acc_t)) * R * (H + 1);
   const int row_tiles = B * ceil_div(N, kOwn), column_tiles = B * ceil_div(M, kOwn);
   const bool clip = N <= kMaxClipItems && M <= kMaxClipItems && B * slab_bytes <= (int64_t{256} << 20);

@@ -106,7 +106,7 @@ __device__ __forceinline__ T activation_grad(int code, T x) {
 #ifndef FASTREL_HOST_EMULATION
 // The block's dynamic shared memory (its size is set at launch).
 __device__ __forceinline__ unsigned char* dynamic_shared_memory() {
-  extern __shared__ __align__(16) unsigned char dynamic_smem[];
+  extern __shared__ __align__(128) unsigned char dynamic_smem[];
   return dynamic_smem;
 }
 #endif
@@ -310,6 +310,128 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+constexpr int kTcWide = kCols + 8;  // 144-byte rows of a 16-bit [k][64] operand tile
+
+// Row stride of the dz tile: 16-bit rows padded to a multiple of 8 for the tensor cores, fp32/fp64
+// rows padded by one against bank conflicts.
+template <typename scalar_t>
+constexpr int dz_stride(int R) {
+  const int padded = (R + kCols - 1) / kCols * kCols;
+  return kTensorCores<scalar_t> ? padded + 8 : padded + 1;
+}
+
+// Element type of the dz tile: the tensor-core operand type, or the accumulation type.
+template <typename scalar_t>
+using DzType = std::conditional_t<kTensorCores<scalar_t>, typename Mma<scalar_t>::type, typename Acc<scalar_t>::type>;
+
+// Reads the fp32 accumulators of a 64 x 64 product back in the thread layout: out[x][v] is row
+// row(ty, x), column tx + 16 v of s.z.
+template <int kRowsPerThread, bool kInterleaved>
+__device__ __forceinline__ void read_back(float (&out)[kRowsPerThread][kPerLane], const TcTiles& s) {
+  const int ty = threadIdx.x / kLanes, tx = threadIdx.x % kLanes;
+#pragma unroll
+  for (int x = 0; x < kRowsPerThread; ++x) {
+    const int row = kInterleaved ? ty + kLanes * x : ty * kRowsPerThread + x;
+#pragma unroll
+    for (int v = 0; v < kPerLane; ++v) out[x][v] = s.z[row * kZStride + tx + kLanes * v];
+  }
+}
+
+// out[u][v] = Σ_pairs dz[pair, rb + ty + 16 u] p[pair, hb + tx + 16 v] with p[pair, H] = 1, on the
+// tensor cores: A = dzᵀ (column-major view of the [pair][r] tile), B = the pair tile built in bt.
+// Warp w computes r rows 16 (w / 2) .. + 15 and h column blocks 2 (w % 2) + {0, 1}.
+template <typename scalar_t>
+__device__ void weight_grad_tc(float (&out)[kPerLane][kPerLane], TcTiles& s, unsigned short* bt,
+                               const typename Mma<scalar_t>::type* dz, int ldz, const PairTile<scalar_t>& tile,
+                               int rb, int hb, int inner) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  using namespace nvcuda;
+  using mma_t = typename Mma<scalar_t>::type;
+  mma_t* p = reinterpret_cast<mma_t*>(bt);
+  for (int e = threadIdx.x; e < kPairs * kCols; e += kThreads) {
+    const int hc = e % kCols, pr = e / kCols, h = hb + hc;
+    float v = 0.0f;
+    if (tile.in_range(pr)) {
+      if (h < tile.H) v = activation(inner, tile.template difference<float>(pr, h));
+      else if (h == tile.H) v = 1.0f;
+    }
+    store_operand(p + pr * kTcWide + hc, v);
+  }
+  __syncthreads();
+  const int warp = threadIdx.x / 32, row_block = warp / 2, col_block = (warp % 2) * 2;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2];
+  wmma::fill_fragment(acc[0], 0.0f);
+  wmma::fill_fragment(acc[1], 0.0f);
+#pragma unroll
+  for (int k = 0; k < kPairs; k += 16) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, mma_t, wmma::col_major> fa;
+    wmma::load_matrix_sync(fa, dz + k * ldz + rb + row_block * 16, ldz);
+#pragma unroll
+    for (int f = 0; f < 2; ++f) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, mma_t, wmma::row_major> fb;
+      wmma::load_matrix_sync(fb, p + k * kTcWide + (col_block + f) * 16, kTcWide);
+      wmma::mma_sync(acc[f], fa, fb, acc[f]);
+    }
+  }
+#pragma unroll
+  for (int f = 0; f < 2; ++f)
+    wmma::store_matrix_sync(s.z + row_block * 16 * kZStride + (col_block + f) * 16, acc[f], kZStride,
+                            wmma::mem_row_major);
+  __syncthreads();
+  read_back<kPerLane, true>(out, s);
+  __syncthreads();
+#else
+  __trap();
+#endif
+}
+
+// out[x][v] = Σ_r dz[ty * kOther + x, r] W[r, hb + tx + 16 v] on the tensor cores: A = the dz tile
+// (row-major), B = W rows staged in bt. Warp w computes pair rows 16 (w / 2) .. + 15 and h column
+// blocks 2 (w % 2) + {0, 1}.
+template <typename scalar_t>
+__device__ void input_grad_tc(float (&out)[kOther][kPerLane], TcTiles& s, unsigned short* bt,
+                              const typename Mma<scalar_t>::type* dz, int ldz, const scalar_t* w, int hb, int R,
+                              int H) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  using namespace nvcuda;
+  using mma_t = typename Mma<scalar_t>::type;
+  mma_t* wt = reinterpret_cast<mma_t*>(bt);
+  const int warp = threadIdx.x / 32, row_block = warp / 2, col_block = (warp % 2) * 2;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2];
+  wmma::fill_fragment(acc[0], 0.0f);
+  wmma::fill_fragment(acc[1], 0.0f);
+  for (int r0 = 0; r0 < R; r0 += kTcDepth) {
+    for (int e = threadIdx.x; e < kTcDepth * kCols; e += kThreads) {
+      const int hc = e % kCols, rk = e / kCols, r = r0 + rk, h = hb + hc;
+      const float v = (r < R && h < H) ? static_cast<float>(w[static_cast<int64_t>(r) * H + h]) : 0.0f;
+      store_operand(wt + rk * kTcWide + hc, v);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kTcDepth; k += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, mma_t, wmma::row_major> fa;
+      wmma::load_matrix_sync(fa, dz + row_block * 16 * ldz + r0 + k, ldz);
+#pragma unroll
+      for (int f = 0; f < 2; ++f) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, mma_t, wmma::row_major> fb;
+        wmma::load_matrix_sync(fb, wt + k * kTcWide + (col_block + f) * 16, kTcWide);
+        wmma::mma_sync(acc[f], fa, fb, acc[f]);
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int f = 0; f < 2; ++f)
+    wmma::store_matrix_sync(s.z + row_block * 16 * kZStride + (col_block + f) * 16, acc[f], kZStride,
+                            wmma::mem_row_major);
+  __syncthreads();
+  read_back<kOther, false>(out, s);
+  __syncthreads();
+#else
+  __trap();
+#endif
+}
+
 // Per-launch constants of the backward.
 template <typename scalar_t>
 struct BackwardArgs {
@@ -324,7 +446,7 @@ struct BackwardArgs {
   acc_t* own_grad;   // da (B, N, H) in the row pass, db (B, M, H) in the column pass; zero-initialised
   acc_t* other_grad;  // db (B, M, H) accumulated with atomics by the row pass, or nullptr
   acc_t* slabs;  // per-block [dW | dβ] partials (R, H + 1), zero-initialised, or nullptr (column pass)
-  acc_t* dz_scratch;  // per-block dz tile (kPairs, ldz) in device memory, or nullptr: in shared memory
+  void* dz_scratch;  // per-block dz tiles (kPairs, ldz) of DzType in device memory, or nullptr: shared memory
   int B, N, M, H, R, ldz, inner, outer;
   bool clip;  // block b owns batch element b whole: it also forms db, with a fixed-order reduction
 };
@@ -334,21 +456,25 @@ struct BackwardArgs {
 template <bool kRows, typename scalar_t>
 __global__ void __launch_bounds__(kThreads) global_relation_backward_kernel(BackwardArgs<scalar_t> args) {
   using acc_t = typename Acc<scalar_t>::type;
+  using dz_t = DzType<scalar_t>;
+  constexpr bool kTc = kTensorCores<scalar_t>;
   __shared__ __align__(32) ProjectTiles<scalar_t> tiles;
-  __shared__ acc_t pt[kPairs * kStride];  // pair or weight tile of the dW and du products
+  // Pair or weight tile of the dW and du products: fp32/fp64 [16][64], or 16-bit [64][kTcWide].
+  __shared__ __align__(32) acc_t pt[kTc ? 1 : kPairs * kStride];
+  __shared__ __align__(32) unsigned short bt[kTc ? kPairs * kTcWide : 1];
   const int ty = threadIdx.x / kLanes, tx = threadIdx.x % kLanes;
   const int N = args.N, M = args.M, H = args.H, R = args.R, ldz = args.ldz;
   const int n_own = kRows ? N : M, n_other = kRows ? M : N;
   const int own_tiles = (n_own + kOwn - 1) / kOwn;
-  acc_t* shared_tail = reinterpret_cast<acc_t*>(dynamic_shared_memory());
-  acc_t* dz;
+  dz_t* dz;
+  acc_t* clip_sum;  // kOwn x (kOther * kCols), clip mode only
   if (args.dz_scratch != nullptr) {
-    dz = args.dz_scratch + static_cast<int64_t>(blockIdx.x) * kPairs * ldz;
+    dz = static_cast<dz_t*>(args.dz_scratch) + static_cast<int64_t>(blockIdx.x) * kPairs * ldz;
+    clip_sum = reinterpret_cast<acc_t*>(dynamic_shared_memory());
   } else {
-    dz = shared_tail;
-    shared_tail += kPairs * ldz;
+    dz = reinterpret_cast<dz_t*>(dynamic_shared_memory());
+    clip_sum = reinterpret_cast<acc_t*>(dz + kPairs * ldz);
   }
-  acc_t* clip_sum = shared_tail;  // kOwn x (kOther * kCols), clip mode only
   acc_t* slab = args.slabs ? args.slabs + static_cast<int64_t>(blockIdx.x) * R * (H + 1) : nullptr;
 
   const int first = args.clip ? blockIdx.x * own_tiles : blockIdx.x;
@@ -386,7 +512,8 @@ __global__ void __launch_bounds__(kThreads) global_relation_backward_kernel(Back
               const acc_t zr = z[x][c] + (args.bias ? static_cast<acc_t>(args.bias[r]) : acc_t(0));
               d = activation_grad(args.outer, zr) * static_cast<acc_t>(grad[static_cast<int64_t>(i) * R + r]) * scale;
             }
-            dz[(ty * kOther + x) * ldz + r] = d;
+            if constexpr (kTc) store_operand(dz + (ty * kOther + x) * ldz + r, d);
+            else dz[(ty * kOther + x) * ldz + r] = d;
           }
         }
       }
@@ -396,6 +523,9 @@ __global__ void __launch_bounds__(kThreads) global_relation_backward_kernel(Back
         for (int rb = 0; rb < R; rb += kCols) {
           for (int hb = 0; hb <= H; hb += kCols) {
             acc_t acc[kPerLane][kPerLane];
+            if constexpr (kTc) {
+              weight_grad_tc(acc, tiles.tc, bt, dz, ldz, tile, rb, hb, args.inner);
+            } else {
 #pragma unroll
             for (int u = 0; u < kPerLane; ++u)
 #pragma unroll
@@ -425,6 +555,7 @@ __global__ void __launch_bounds__(kThreads) global_relation_backward_kernel(Back
               }
               __syncthreads();
             }
+            }
 #pragma unroll
             for (int u = 0; u < kPerLane; ++u) {
               const int r = rb + ty + kLanes * u;
@@ -441,6 +572,9 @@ __global__ void __launch_bounds__(kThreads) global_relation_backward_kernel(Back
       // du[pair, h] = δ'(a_i − b_j)[h] Σ_r dz[pair, r] W[r, h]; own side summed in the thread.
       for (int hb = 0; hb < H; hb += kCols) {
         acc_t acc[kOther][kPerLane];
+        if constexpr (kTc) {
+          input_grad_tc(acc, tiles.tc, bt, dz, ldz, args.w, hb, R, H);
+        } else {
 #pragma unroll
         for (int x = 0; x < kOther; ++x)
 #pragma unroll
@@ -465,6 +599,7 @@ __global__ void __launch_bounds__(kThreads) global_relation_backward_kernel(Back
             }
           }
           __syncthreads();
+        }
         }
 #pragma unroll
         for (int v = 0; v < kPerLane; ++v) {
