@@ -7,6 +7,9 @@
 // in shared memory chunk by chunk over H and never stored in device memory. The backward recomputes
 // z, keeps dz for one pair tile (shared memory, or a per-block scratch in device memory when R is
 // too large), and from it forms [dW | dβ] (per-block partials summed in a fixed order) and da or db.
+// For bf16/fp16 the three products run on the tensor cores (WMMA) with fp32 accumulation, their
+// operands p and dz rounded to the input dtype as the reference rounds them; fp32 and fp64 use
+// plain FMA in their own precision.
 //
 // Thread layout of every 64 x 64 tile: 256 threads, ty = tid / 16 selects the own item (or the
 // output row), tx = tid % 16 the output columns tx + 16 c, c < 4. Each thread thus holds all kOther
@@ -104,7 +107,8 @@ __device__ __forceinline__ T activation_grad(int code, T x) {
 }
 
 #ifndef FASTREL_HOST_EMULATION
-// The block's dynamic shared memory (its size is set at launch).
+// The block's dynamic shared memory (its size is set at launch). A host build that runs these
+// kernels outside CUDA defines FASTREL_HOST_EMULATION and provides its own.
 __device__ __forceinline__ unsigned char* dynamic_shared_memory() {
   extern __shared__ __align__(128) unsigned char dynamic_smem[];
   return dynamic_smem;
