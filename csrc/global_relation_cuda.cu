@@ -1,0 +1,307 @@
+// Host side of the CUDA global_relation: argument checks, launch plans and the fast paths that
+// combine the kernels of global_relation_cuda.cuh with ATen operations.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+
+#include "global_relation.h"
+#include "global_relation_cuda.cuh"
+
+namespace fastrel {
+namespace {
+
+using namespace cuda_kernels;
+
+template <typename T>
+const T* optional_ptr(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<T>() : nullptr;
+}
+
+int ceil_div(int64_t x, int64_t y) { return static_cast<int>((x + y - 1) / y); }
+
+void check_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
+                  const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& key_mask, int64_t inner,
+                  int64_t outer) {
+  TORCH_CHECK(a.is_cuda(), "a: expected a CUDA tensor, got device ", a.device());
+  TORCH_CHECK(a.dim() == 3 && a.is_contiguous(), "a: expected a contiguous (B, N, H) tensor, got sizes ",
+              a.sizes());
+  const auto B = a.size(0), H = a.size(2);
+  TORCH_CHECK(b.dim() == 3 && b.size(0) == B && b.size(2) == H && b.is_contiguous(),
+              "b: expected a contiguous (", B, ", M, ", H, ") tensor, got sizes ", b.sizes());
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == H && weight.is_contiguous(),
+              "weight: expected a contiguous (R, ", H, ") tensor, got sizes ", weight.sizes());
+  for (const auto* t : {&b, &weight}) {
+    TORCH_CHECK(t->scalar_type() == a.scalar_type(), "expected dtype ", a.scalar_type(), ", got ",
+                t->scalar_type());
+    TORCH_CHECK(t->device() == a.device(), "expected device ", a.device(), ", got ", t->device());
+  }
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0) && bias->is_contiguous() &&
+                    bias->scalar_type() == a.scalar_type() && bias->device() == a.device(),
+                "bias: expected a contiguous (", weight.size(0), ",) tensor like a, got sizes ", bias->sizes(),
+                ", dtype ", bias->scalar_type());
+  }
+  if (key_mask.has_value()) {
+    TORCH_CHECK(key_mask->scalar_type() == at::kBool && key_mask->dim() == 2 && key_mask->size(0) == B &&
+                    key_mask->size(1) == b.size(1) && key_mask->is_contiguous() && key_mask->device() == a.device(),
+                "key_mask: expected a contiguous bool (", B, ", ", b.size(1), ") tensor, got sizes ",
+                key_mask->sizes(), ", dtype ", key_mask->scalar_type());
+  }
+  TORCH_CHECK(inner >= kIdentity && inner <= kAbs, "inner: expected an activation code in [0, 3], got ", inner);
+  TORCH_CHECK(outer >= kIdentity && outer <= kLeakyRelu && outer != kAbs,
+              "outer: expected an activation code in {0, 1, 2}, got ", outer);
+  TORCH_CHECK(a.numel() < INT32_MAX && b.numel() < INT32_MAX && weight.numel() < INT32_MAX &&
+                  B * a.size(1) * weight.size(0) < INT32_MAX,
+              "global_relation (cuda): tensors over 2^31 elements are not supported");
+}
+
+at::ScalarType accumulate_type(const at::Tensor& a) {
+  return a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// 1 / max(Σ_j m_j, 1) per batch element, in the accumulation dtype.
+at::Tensor inverse_counts(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& key_mask) {
+  const auto acc = accumulate_type(a);
+  if (key_mask.has_value()) return key_mask->sum(1, false, acc).clamp_min(1).reciprocal();
+  return at::full({a.size(0)}, 1.0 / std::max<int64_t>(b.size(1), 1), a.options().dtype(acc));
+}
+
+// 1 where batch element b has a valid key, else 0: the bias takes part only in non-empty rows.
+at::Tensor key_present(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& key_mask) {
+  const auto acc = accumulate_type(a);
+  if (key_mask.has_value()) return key_mask->any(1).to(acc);
+  return at::full({a.size(0)}, b.size(1) > 0 ? 1.0 : 0.0, a.options().dtype(acc));
+}
+
+// q[b, i] = mean over valid keys of δ(a_i − b_j) (grad = false), or Σ_j m_j δ'(a_i − b_j) (grad = true).
+at::Tensor row_sum(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& key_mask,
+                   const std::optional<at::Tensor>& scale, int64_t inner, bool grad) {
+  const auto B = a.size(0), N = a.size(1), M = b.size(1), H = a.size(2);
+  auto out = at::empty({B, N, H}, a.options().dtype(accumulate_type(a)));
+  if (out.numel() == 0) return out;
+  const dim3 block(32, 8), blocks(ceil_div(H, 32), ceil_div(N, 8), B);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "global_relation_row_sum", [&] {
+    using acc_t = typename Acc<scalar_t>::type;
+    global_relation_row_sum_kernel<scalar_t><<<blocks, block, 0, stream>>>(
+        a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), optional_ptr<bool>(key_mask),
+        scale.has_value() ? scale->data_ptr<acc_t>() : nullptr, out.data_ptr<acc_t>(), N, M, H, inner, grad);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+// Outer = identity: g_i = W_r q_i + β_r [row has a key], q_i = mean_j δ(a_i − b_j).
+at::Tensor forward_identity_outer(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& bias,
+                                  const std::optional<at::Tensor>& key_mask, int64_t inner) {
+  const auto acc = accumulate_type(a);
+  const auto q = row_sum(a, b, key_mask, inverse_counts(a, b, key_mask), inner, false);
+  auto g = at::matmul(q, weight.to(acc).t());
+  if (bias.has_value()) g = g + bias->to(acc) * key_present(a, b, key_mask).view({-1, 1, 1});
+  return g.to(a.scalar_type());
+}
+
+std::vector<at::Tensor> backward_identity_outer(const at::Tensor& grad, const at::Tensor& a, const at::Tensor& b,
+                                                const at::Tensor& weight, const std::optional<at::Tensor>& key_mask,
+                                                int64_t inner) {
+  const auto acc = accumulate_type(a);
+  const auto B = a.size(0), N = a.size(1), M = b.size(1), H = a.size(2), R = weight.size(0);
+  const auto inv = inverse_counts(a, b, key_mask);
+  const auto dg = grad.to(acc);
+  const auto q = row_sum(a, b, key_mask, inv, inner, false);
+  const auto dweight = dg.reshape({B * N, R}).t().mm(q.reshape({B * N, H}));
+  const auto dbias = (dg * key_present(a, b, key_mask).view({-1, 1, 1})).sum({0, 1});
+  const auto e = (at::matmul(dg, weight.to(acc)) * inv.view({-1, 1, 1})).contiguous();
+  const auto da = e * row_sum(a, b, key_mask, std::nullopt, inner, true);
+  auto db = at::empty({B, M, H}, a.options().dtype(acc));
+  if (db.numel() > 0) {
+    const dim3 block(32, 8), blocks(ceil_div(H, 32), ceil_div(M, 8), B);
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "global_relation_column_sum", [&] {
+      using acc_t = typename Acc<scalar_t>::type;
+      global_relation_column_sum_kernel<scalar_t><<<blocks, block, 0, stream>>>(
+          e.data_ptr<acc_t>(), a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), optional_ptr<bool>(key_mask),
+          db.data_ptr<acc_t>(), N, M, H, inner);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  const auto dtype = a.scalar_type();
+  return {da.to(dtype), db.to(dtype), dweight.to(dtype), dbias.to(dtype)};
+}
+
+// Dynamic shared memory and grid of one backward launch.
+struct BackwardLaunch {
+  size_t shared_bytes = 0;
+  bool dz_in_shared = true;
+  int blocks = 0;
+};
+
+template <bool kRows, typename scalar_t>
+BackwardLaunch plan_backward(int tiles, int ldz, bool clip, int B, int64_t slab_bytes) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const auto kernel = global_relation_backward_kernel<kRows, scalar_t>;
+  int device = 0, shared_optin = 0, multiprocessors = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device));
+  cudaFuncAttributes attributes;
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  const size_t dz_bytes = sizeof(DzType<scalar_t>) * kPairs * ldz;
+  const size_t clip_bytes = clip ? sizeof(acc_t) * kOwn * kOther * kCols : 0;
+  const size_t room = static_cast<size_t>(shared_optin) - attributes.sharedSizeBytes;
+  BackwardLaunch plan;
+  plan.dz_in_shared = dz_bytes + clip_bytes <= room;
+  plan.shared_bytes = clip_bytes + (plan.dz_in_shared ? dz_bytes : 0);
+  TORCH_CHECK(plan.shared_bytes <= room, "global_relation (cuda): not enough shared memory");
+  // Without this the dynamic limit is 48 KiB less the static shared memory of the kernel.
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(plan.shared_bytes)));
+  if (clip) {
+    plan.blocks = B;
+    return plan;
+  }
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, plan.shared_bytes));
+  int64_t blocks = static_cast<int64_t>(std::max(per_sm, 1)) * multiprocessors;
+  if (slab_bytes > 0) {
+    // Partials stay under about 256 MiB, with at least one block per multiprocessor.
+    const int64_t budget = (int64_t{256} << 20) / slab_bytes;
+    blocks = std::min(blocks, std::max<int64_t>(budget, multiprocessors));
+  }
+  plan.blocks = static_cast<int>(std::min<int64_t>(blocks, tiles));
+  return plan;
+}
+
+template <bool kRows, typename scalar_t>
+void launch_backward(BackwardArgs<scalar_t> args, const BackwardLaunch& plan, at::Tensor& dz_scratch) {
+  if (!plan.dz_in_shared) {
+    const int64_t bytes = static_cast<int64_t>(sizeof(DzType<scalar_t>)) * plan.blocks * kPairs * args.ldz;
+    dz_scratch = at::empty({bytes}, at::TensorOptions().device(at::kCUDA).dtype(at::kByte));
+    args.dz_scratch = dz_scratch.data_ptr();
+  }
+  global_relation_backward_kernel<kRows, scalar_t>
+      <<<plan.blocks, kThreads, plan.shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(args);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename scalar_t>
+std::vector<at::Tensor> backward_general(const at::Tensor& grad, const at::Tensor& a, const at::Tensor& b,
+                                         const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                         const std::optional<at::Tensor>& key_mask, int64_t inner, int64_t outer,
+                                         bool deterministic) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int B = a.size(0), N = a.size(1), M = b.size(1), H = a.size(2), R = weight.size(0);
+  const at::TensorOptions options = a.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  const int ldz = dz_stride<scalar_t>(R);
+  const int64_t slab_bytes = static_cast<int64_t>(sizeof(acc_t)) * R * (H + 1);
+  const int row_tiles = B * ceil_div(N, kOwn), column_tiles = B * ceil_div(M, kOwn);
+  const bool clip = N <= kMaxClipItems && M <= kMaxClipItems && B * slab_bytes <= (int64_t{256} << 20);
+
+  at::Tensor da = at::zeros({B, N, H}, options);
+  at::Tensor db = at::zeros({B, M, H}, options);
+  BackwardArgs<scalar_t> args{grad.data_ptr<scalar_t>(),
+                              a.data_ptr<scalar_t>(),
+                              b.data_ptr<scalar_t>(),
+                              weight.data_ptr<scalar_t>(),
+                              optional_ptr<scalar_t>(bias),
+                              optional_ptr<bool>(key_mask),
+                              nullptr,
+                              da.data_ptr<acc_t>(),
+                              (clip || !deterministic) ? db.data_ptr<acc_t>() : nullptr,
+                              nullptr,
+                              nullptr,
+                              B,
+                              N,
+                              M,
+                              H,
+                              R,
+                              ldz,
+                              static_cast<int>(inner),
+                              static_cast<int>(outer),
+                              clip};
+  const auto inv = inverse_counts(a, b, key_mask);
+  args.inv_count = inv.data_ptr<acc_t>();
+
+  const auto rows = plan_backward<true, scalar_t>(row_tiles, ldz, clip, B, slab_bytes);
+  at::Tensor slabs = at::zeros({rows.blocks, R, H + 1}, options);
+  args.slabs = slabs.data_ptr<acc_t>();
+  at::Tensor dz_rows, dz_columns;
+  launch_backward<true, scalar_t>(args, rows, dz_rows);
+
+  if (deterministic && !clip) {
+    const auto columns = plan_backward<false, scalar_t>(column_tiles, ldz, false, B, 0);
+    BackwardArgs<scalar_t> column_args = args;
+    column_args.own_grad = db.data_ptr<acc_t>();
+    column_args.other_grad = nullptr;
+    column_args.slabs = nullptr;
+    column_args.dz_scratch = nullptr;
+    launch_backward<false, scalar_t>(column_args, columns, dz_columns);
+  }
+
+  auto dweight = at::empty_like(weight);
+  auto dbias = at::empty({R}, weight.options());
+  const int64_t size = static_cast<int64_t>(R) * (H + 1);
+  global_relation_reduce_slabs_kernel<scalar_t>
+      <<<ceil_div(size, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          slabs.data_ptr<acc_t>(), rows.blocks, R, H, dweight.data_ptr<scalar_t>(), dbias.data_ptr<scalar_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {da.to(a.scalar_type()), db.to(a.scalar_type()), dweight, dbias};
+}
+
+}  // namespace
+
+at::Tensor global_relation_forward_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
+                                        const std::optional<at::Tensor>& bias,
+                                        const std::optional<at::Tensor>& key_mask, int64_t inner,
+                                        int64_t outer) {
+  check_inputs(a, b, weight, bias, key_mask, inner, outer);
+  const c10::cuda::CUDAGuard guard(a.device());
+  const int B = a.size(0), N = a.size(1), M = b.size(1), H = a.size(2), R = weight.size(0);
+  if (static_cast<int64_t>(B) * N * R == 0) return at::zeros({B, N, R}, a.options());
+  if (outer == kIdentity) return forward_identity_outer(a, b, weight, bias, key_mask, inner);
+  auto g = at::empty({B, N, R}, a.options());
+  const auto inv = inverse_counts(a, b, key_mask);
+  const dim3 blocks(ceil_div(N, kOwn), ceil_div(R, kCols), B);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "global_relation_forward_cuda", [&] {
+    using acc_t = typename Acc<scalar_t>::type;
+    global_relation_forward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+        a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), optional_ptr<scalar_t>(bias),
+        optional_ptr<bool>(key_mask), inv.data_ptr<acc_t>(), g.data_ptr<scalar_t>(), N, M, H, R,
+        static_cast<int>(inner), static_cast<int>(outer));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return g;
+}
+
+std::vector<at::Tensor> global_relation_backward_cuda(const at::Tensor& grad, const at::Tensor& a,
+                                                      const at::Tensor& b, const at::Tensor& weight,
+                                                      const std::optional<at::Tensor>& bias,
+                                                      const std::optional<at::Tensor>& key_mask,
+                                                      int64_t inner, int64_t outer, bool deterministic) {
+  check_inputs(a, b, weight, bias, key_mask, inner, outer);
+  const auto B = a.size(0), N = a.size(1), R = weight.size(0);
+  TORCH_CHECK(grad.sizes() == at::IntArrayRef({B, N, R}) && grad.is_contiguous() &&
+                  grad.scalar_type() == a.scalar_type() && grad.device() == a.device(),
+              "grad: expected a contiguous (", B, ", ", N, ", ", R, ") tensor like a, got sizes ", grad.sizes(),
+              ", dtype ", grad.scalar_type());
+  const c10::cuda::CUDAGuard guard(a.device());
+  if (a.numel() == 0 || b.numel() == 0 || grad.numel() == 0) {
+    // No pair contributes (or H = 0, where only dβ can be non-zero): fall through only for H = 0.
+    if (!(a.size(2) == 0 && B * N * b.size(1) * R > 0)) {
+      return {at::zeros_like(a), at::zeros_like(b), at::zeros_like(weight), at::zeros({R}, weight.options())};
+    }
+  }
+  if (outer == kIdentity) return backward_identity_outer(grad, a, b, weight, key_mask, inner);
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "global_relation_backward_cuda", [&] {
+    out = backward_general<scalar_t>(grad, a, b, weight, bias, key_mask, inner, outer, deterministic);
+  });
+  return out;
+}
+
+}  // namespace fastrel

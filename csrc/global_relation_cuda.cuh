@@ -1,0 +1,706 @@
+// CUDA kernels of fastrel::global_relation (docs/math.md).
+//
+// Pairs are processed in tiles of kOwn "own" items by kOther "other" items (64 pairs); pair
+// pr = own * kOther + other. In the forward and in the backward row pass the own items are the
+// rows i and the other items the keys j; in the column pass the roles swap. The projection
+// z = W_r p is a tiled matrix product whose left operand, the pair tile p = δ(a_i − b_j), is built
+// in shared memory chunk by chunk over H and never stored in device memory. The backward recomputes
+// z, keeps dz for one pair tile (shared memory, or a per-block scratch in device memory when R is
+// too large), and from it forms [dW | dβ] (per-block partials summed in a fixed order) and da or db.
+// For bf16/fp16 the three products run on the tensor cores (WMMA) with fp32 accumulation, their
+// operands p and dz rounded to the input dtype as the reference rounds them; fp32 and fp64 use
+// plain FMA in their own precision.
+//
+// Thread layout of every 64 x 64 tile: 256 threads, ty = tid / 16 selects the own item (or the
+// output row), tx = tid % 16 the output columns tx + 16 c, c < 4. Each thread thus holds all kOther
+// pairs of its own item, so reductions over the other side stay inside the thread.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#ifdef __CUDACC__
+#include <mma.h>
+#endif
+
+#include <cstdint>
+#include <type_traits>
+
+#include "relation_math.h"
+
+namespace fastrel {
+namespace cuda_kernels {
+
+constexpr int kThreads = 256;
+constexpr int kLanes = 16;               // threads along the columns of a tile
+constexpr int kOwn = 16;                 // own items per tile
+constexpr int kOther = 4;                // other items per tile step
+constexpr int kPairs = kOwn * kOther;    // 64 pairs per tile
+constexpr int kCols = 64;                // output columns per tile (kLanes x 4)
+constexpr int kPerLane = kCols / kLanes;  // 4
+constexpr int kDepth = 16;               // reduction chunk of the FMA path
+constexpr int kStride = kDepth + 1;      // padded row of a [64][kDepth] tile
+constexpr int kWide = kCols + 1;         // padded row of a [16][64] tile
+constexpr int kTcDepth = 32;             // reduction chunk of the tensor-core path
+constexpr int kTcStride = kTcDepth + 8;  // 80-byte rows: fragment pointers stay 32-byte aligned
+constexpr int kZStride = kCols + 4;      // fp32 accumulator tile row
+constexpr int kMaxClipItems = 64;        // the backward handles a whole clip in one block up to here
+
+static_assert(kLanes * kOwn == kThreads, "one thread per (own item, lane)");
+static_assert(kPairs * kStride >= kDepth * kWide, "pair tile also holds a [16][64] tile");
+
+template <typename T>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+
+// Tensor-core operand type of an input dtype; void where the FMA path is used.
+template <typename T>
+struct Mma {
+  using type = void;
+};
+template <>
+struct Mma<c10::Half> {
+  using type = __half;
+};
+template <>
+struct Mma<c10::BFloat16> {
+  using type = __nv_bfloat16;
+};
+template <typename T>
+constexpr bool kTensorCores = !std::is_void_v<typename Mma<T>::type>;
+
+__device__ __forceinline__ void store_operand(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void store_operand(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+template <typename T>
+__device__ __forceinline__ T activation(int code, T x) {
+  switch (code) {
+    case kRelu:
+      return activate<kRelu>(x);
+    case kLeakyRelu:
+      return activate<kLeakyRelu>(x);
+    case kAbs:
+      return activate<kAbs>(x);
+    default:
+      return activate<kIdentity>(x);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ T activation_grad(int code, T x) {
+  switch (code) {
+    case kRelu:
+      return derivative<kRelu>(x);
+    case kLeakyRelu:
+      return derivative<kLeakyRelu>(x);
+    case kAbs:
+      return derivative<kAbs>(x);
+    default:
+      return derivative<kIdentity>(x);
+  }
+}
+
+#ifndef FASTREL_HOST_EMULATION
+// The block's dynamic shared memory (its size is set at launch). A host build that runs these
+// kernels outside CUDA defines FASTREL_HOST_EMULATION and provides its own.
+__device__ __forceinline__ unsigned char* dynamic_shared_memory() {
+  extern __shared__ __align__(128) unsigned char dynamic_smem[];
+  return dynamic_smem;
+}
+#endif
+
+__device__ __forceinline__ bool key_valid(const bool* mask, int j, int M) {
+  return j < M && (mask == nullptr || mask[j]);
+}
+
+// True when one of the keys j0 .. j0 + kOther - 1 takes part; the same for every thread of a block.
+__device__ __forceinline__ bool any_key(const bool* mask, int j0, int M) {
+  bool any = false;
+#pragma unroll
+  for (int x = 0; x < kOther; ++x) any = any || key_valid(mask, j0 + x, M);
+  return any;
+}
+
+// Where one tile of pairs lives: a and b of one batch element, the own/other tile origin, extents.
+template <typename scalar_t>
+struct PairTile {
+  const scalar_t* a;  // (N, H) of this batch element
+  const scalar_t* b;  // (M, H) of this batch element
+  int own0, other0, n_own, n_other, H;
+  bool rows;  // own items are rows i (forward, row pass) or keys j (column pass)
+
+  // δ-argument a_i − b_j of pair pr at channel h, in acc_t; the caller checks the ranges.
+  template <typename acc_t>
+  __device__ __forceinline__ acc_t difference(int pr, int h) const {
+    const int o = own0 + pr / kOther, x = other0 + pr % kOther;
+    const int i = rows ? o : x, j = rows ? x : o;
+    return static_cast<acc_t>(a[static_cast<int64_t>(i) * H + h]) -
+           static_cast<acc_t>(b[static_cast<int64_t>(j) * H + h]);
+  }
+  __device__ __forceinline__ bool in_range(int pr) const {
+    return own0 + pr / kOther < n_own && other0 + pr % kOther < n_other;
+  }
+};
+
+// z[x][c] = Σ_h W[r0 + tx + 16 c, h] p(pair ty * kOther + x)[h], FMA path in acc_t.
+// pt holds kPairs x kStride, wt kCols x kStride elements of shared memory.
+template <typename scalar_t, typename acc_t>
+__device__ void project_fma(acc_t (&z)[kOther][kPerLane], acc_t* pt, acc_t* wt, const PairTile<scalar_t>& tile,
+                            const scalar_t* w, int r0, int R, int inner) {
+  const int ty = threadIdx.x / kLanes, tx = threadIdx.x % kLanes;
+#pragma unroll
+  for (int x = 0; x < kOther; ++x)
+#pragma unroll
+    for (int c = 0; c < kPerLane; ++c) z[x][c] = acc_t(0);
+  for (int h0 = 0; h0 < tile.H; h0 += kDepth) {
+    for (int e = threadIdx.x; e < kPairs * kDepth; e += kThreads) {
+      const int k = e % kDepth, pr = e / kDepth, h = h0 + k;
+      acc_t v = acc_t(0);
+      if (h < tile.H && tile.in_range(pr)) v = activation(inner, tile.template difference<acc_t>(pr, h));
+      pt[pr * kStride + k] = v;
+    }
+    for (int e = threadIdx.x; e < kCols * kDepth; e += kThreads) {
+      const int k = e % kDepth, col = e / kDepth, r = r0 + col, h = h0 + k;
+      wt[col * kStride + k] = (r < R && h < tile.H) ? static_cast<acc_t>(w[static_cast<int64_t>(r) * tile.H + h])
+                                                     : acc_t(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kDepth; ++k) {
+      acc_t wv[kPerLane];
+#pragma unroll
+      for (int c = 0; c < kPerLane; ++c) wv[c] = wt[(tx + kLanes * c) * kStride + k];
+#pragma unroll
+      for (int x = 0; x < kOther; ++x) {
+        const acc_t pv = pt[(ty * kOther + x) * kStride + k];
+#pragma unroll
+        for (int c = 0; c < kPerLane; ++c) z[x][c] += pv * wv[c];
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// Shared-memory tiles of the tensor-core projection, as raw 16-bit storage.
+struct TcTiles {
+  unsigned short p[kPairs * kTcStride];  // pair tile, row-major [pair][k]
+  unsigned short w[kCols * kTcStride];   // W^T chunk, column-major [col][k]
+  float z[kPairs * kZStride];            // accumulators, row-major [pair][col]
+};
+
+// Same result as project_fma with bf16/fp16 operands and fp32 accumulation on the tensor cores
+// (WMMA 16x16x16). Warp w computes pair rows 16 (w / 2) .. + 15 and column blocks 2 (w % 2) + {0, 1}.
+template <typename scalar_t>
+__device__ void project_tc(float (&z)[kOther][kPerLane], TcTiles& s, const PairTile<scalar_t>& tile,
+                           const scalar_t* w, int r0, int R, int inner) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  using namespace nvcuda;
+  using mma_t = typename Mma<scalar_t>::type;
+  mma_t* p = reinterpret_cast<mma_t*>(s.p);
+  mma_t* wt = reinterpret_cast<mma_t*>(s.w);
+  const int warp = threadIdx.x / 32, row_block = warp / 2, col_block = (warp % 2) * 2;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2];
+  wmma::fill_fragment(acc[0], 0.0f);
+  wmma::fill_fragment(acc[1], 0.0f);
+  for (int h0 = 0; h0 < tile.H; h0 += kTcDepth) {
+    for (int e = threadIdx.x; e < kPairs * kTcDepth; e += kThreads) {
+      const int k = e % kTcDepth, pr = e / kTcDepth, h = h0 + k;
+      float v = 0.0f;
+      if (h < tile.H && tile.in_range(pr)) v = activation(inner, tile.template difference<float>(pr, h));
+      store_operand(p + pr * kTcStride + k, v);
+    }
+    for (int e = threadIdx.x; e < kCols * kTcDepth; e += kThreads) {
+      const int k = e % kTcDepth, col = e / kTcDepth, r = r0 + col, h = h0 + k;
+      const float v = (r < R && h < tile.H) ? static_cast<float>(w[static_cast<int64_t>(r) * tile.H + h]) : 0.0f;
+      store_operand(wt + col * kTcStride + k, v);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kTcDepth; k += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, mma_t, wmma::row_major> fa;
+      wmma::load_matrix_sync(fa, p + row_block * 16 * kTcStride + k, kTcStride);
+#pragma unroll
+      for (int f = 0; f < 2; ++f) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, mma_t, wmma::col_major> fb;
+        wmma::load_matrix_sync(fb, wt + (col_block + f) * 16 * kTcStride + k, kTcStride);
+        wmma::mma_sync(acc[f], fa, fb, acc[f]);
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int f = 0; f < 2; ++f)
+    wmma::store_matrix_sync(s.z + row_block * 16 * kZStride + (col_block + f) * 16, acc[f], kZStride,
+                            wmma::mem_row_major);
+  __syncthreads();
+  const int ty = threadIdx.x / kLanes, tx = threadIdx.x % kLanes;
+#pragma unroll
+  for (int x = 0; x < kOther; ++x)
+#pragma unroll
+    for (int c = 0; c < kPerLane; ++c) z[x][c] = s.z[(ty * kOther + x) * kZStride + tx + kLanes * c];
+  __syncthreads();
+#else
+  __trap();
+#endif
+}
+
+// Shared memory of the projection for one input dtype: FMA tiles, or tensor-core tiles.
+template <typename scalar_t, bool = kTensorCores<scalar_t>>
+struct ProjectTiles {
+  using acc_t = typename Acc<scalar_t>::type;
+  acc_t p[kPairs * kStride];
+  acc_t w[kCols * kStride];
+  __device__ void project(acc_t (&z)[kOther][kPerLane], const PairTile<scalar_t>& tile, const scalar_t* w_r,
+                          int r0, int R, int inner) {
+    project_fma(z, p, w, tile, w_r, r0, R, inner);
+  }
+};
+template <typename scalar_t>
+struct ProjectTiles<scalar_t, true> {
+  TcTiles tc;
+  __device__ void project(float (&z)[kOther][kPerLane], const PairTile<scalar_t>& tile, const scalar_t* w_r,
+                          int r0, int R, int inner) {
+    project_tc(z, tc, tile, w_r, r0, R, inner);
+  }
+};
+
+// g (B, N, R). Grid (row tiles, column tiles, B); block (b, i0 .. i0 + 15, r0 .. r0 + 63).
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    global_relation_forward_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+                                   const scalar_t* __restrict__ w, const scalar_t* __restrict__ bias,
+                                   const bool* __restrict__ key_mask,
+                                   const typename Acc<scalar_t>::type* __restrict__ inv_count,
+                                   scalar_t* __restrict__ g, int N, int M, int H, int R, int inner, int outer) {
+  using acc_t = typename Acc<scalar_t>::type;
+  __shared__ __align__(32) ProjectTiles<scalar_t> tiles;
+  const int batch = blockIdx.z, i0 = blockIdx.x * kOwn, r0 = blockIdx.y * kCols;
+  const int ty = threadIdx.x / kLanes, tx = threadIdx.x % kLanes;
+  const bool* mask = key_mask ? key_mask + static_cast<int64_t>(batch) * M : nullptr;
+  PairTile<scalar_t> tile{a + static_cast<int64_t>(batch) * N * H, b + static_cast<int64_t>(batch) * M * H,
+                          i0, 0, N, M, H, true};
+  acc_t bias_c[kPerLane], sum[kPerLane];
+#pragma unroll
+  for (int c = 0; c < kPerLane; ++c) {
+    const int r = r0 + tx + kLanes * c;
+    bias_c[c] = (bias != nullptr && r < R) ? static_cast<acc_t>(bias[r]) : acc_t(0);
+    sum[c] = acc_t(0);
+  }
+  for (int j0 = 0; j0 < M; j0 += kOther) {
+    if (!any_key(mask, j0, M)) continue;
+    tile.other0 = j0;
+    acc_t z[kOther][kPerLane];
+    tiles.project(z, tile, w, r0, R, inner);
+#pragma unroll
+    for (int x = 0; x < kOther; ++x) {
+      if (!key_valid(mask, j0 + x, M)) continue;
+#pragma unroll
+      for (int c = 0; c < kPerLane; ++c) sum[c] += activation(outer, z[x][c] + bias_c[c]);
+    }
+  }
+  const int i = i0 + ty;
+  if (i >= N) return;
+  const acc_t scale = inv_count[batch];
+#pragma unroll
+  for (int c = 0; c < kPerLane; ++c) {
+    const int r = r0 + tx + kLanes * c;
+    if (r < R) g[(static_cast<int64_t>(batch) * N + i) * R + r] = static_cast<scalar_t>(sum[c] * scale);
+  }
+}
+
+constexpr int kTcWide = kCols + 8;  // 144-byte rows of a 16-bit [k][64] operand tile
+
+// Row stride of the dz tile: 16-bit rows padded to a multiple of 8 for the tensor cores, fp32/fp64
+// rows padded by one against bank conflicts.
+template <typename scalar_t>
+constexpr int dz_stride(int R) {
+  const int padded = (R + kCols - 1) / kCols * kCols;
+  return kTensorCores<scalar_t> ? padded + 8 : padded + 1;
+}
+
+// Element type of the dz tile: the tensor-core operand type, or the accumulation type.
+template <typename scalar_t>
+using DzType = std::conditional_t<kTensorCores<scalar_t>, typename Mma<scalar_t>::type, typename Acc<scalar_t>::type>;
+
+// Reads the fp32 accumulators of a 64 x 64 product back in the thread layout: out[x][v] is row
+// row(ty, x), column tx + 16 v of s.z.
+template <int kRowsPerThread, bool kInterleaved>
+__device__ __forceinline__ void read_back(float (&out)[kRowsPerThread][kPerLane], const TcTiles& s) {
+  const int ty = threadIdx.x / kLanes, tx = threadIdx.x % kLanes;
+#pragma unroll
+  for (int x = 0; x < kRowsPerThread; ++x) {
+    const int row = kInterleaved ? ty + kLanes * x : ty * kRowsPerThread + x;
+#pragma unroll
+    for (int v = 0; v < kPerLane; ++v) out[x][v] = s.z[row * kZStride + tx + kLanes * v];
+  }
+}
+
+// out[u][v] = Σ_pairs dz[pair, rb + ty + 16 u] p[pair, hb + tx + 16 v] with p[pair, H] = 1, on the
+// tensor cores: A = dzᵀ (column-major view of the [pair][r] tile), B = the pair tile built in bt.
+// Warp w computes r rows 16 (w / 2) .. + 15 and h column blocks 2 (w % 2) + {0, 1}.
+template <typename scalar_t>
+__device__ void weight_grad_tc(float (&out)[kPerLane][kPerLane], TcTiles& s, unsigned short* bt,
+                               const typename Mma<scalar_t>::type* dz, int ldz, const PairTile<scalar_t>& tile,
+                               int rb, int hb, int inner) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  using namespace nvcuda;
+  using mma_t = typename Mma<scalar_t>::type;
+  mma_t* p = reinterpret_cast<mma_t*>(bt);
+  for (int e = threadIdx.x; e < kPairs * kCols; e += kThreads) {
+    const int hc = e % kCols, pr = e / kCols, h = hb + hc;
+    float v = 0.0f;
+    if (tile.in_range(pr)) {
+      if (h < tile.H) v = activation(inner, tile.template difference<float>(pr, h));
+      else if (h == tile.H) v = 1.0f;
+    }
+    store_operand(p + pr * kTcWide + hc, v);
+  }
+  __syncthreads();
+  const int warp = threadIdx.x / 32, row_block = warp / 2, col_block = (warp % 2) * 2;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2];
+  wmma::fill_fragment(acc[0], 0.0f);
+  wmma::fill_fragment(acc[1], 0.0f);
+#pragma unroll
+  for (int k = 0; k < kPairs; k += 16) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, mma_t, wmma::col_major> fa;
+    wmma::load_matrix_sync(fa, dz + k * ldz + rb + row_block * 16, ldz);
+#pragma unroll
+    for (int f = 0; f < 2; ++f) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, mma_t, wmma::row_major> fb;
+      wmma::load_matrix_sync(fb, p + k * kTcWide + (col_block + f) * 16, kTcWide);
+      wmma::mma_sync(acc[f], fa, fb, acc[f]);
+    }
+  }
+#pragma unroll
+  for (int f = 0; f < 2; ++f)
+    wmma::store_matrix_sync(s.z + row_block * 16 * kZStride + (col_block + f) * 16, acc[f], kZStride,
+                            wmma::mem_row_major);
+  __syncthreads();
+  read_back<kPerLane, true>(out, s);
+  __syncthreads();
+#else
+  __trap();
+#endif
+}
+
+// out[x][v] = Σ_r dz[ty * kOther + x, r] W[r, hb + tx + 16 v] on the tensor cores: A = the dz tile
+// (row-major), B = W rows staged in bt. Warp w computes pair rows 16 (w / 2) .. + 15 and h column
+// blocks 2 (w % 2) + {0, 1}.
+template <typename scalar_t>
+__device__ void input_grad_tc(float (&out)[kOther][kPerLane], TcTiles& s, unsigned short* bt,
+                              const typename Mma<scalar_t>::type* dz, int ldz, const scalar_t* w, int hb, int R,
+                              int H) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  using namespace nvcuda;
+  using mma_t = typename Mma<scalar_t>::type;
+  mma_t* wt = reinterpret_cast<mma_t*>(bt);
+  const int warp = threadIdx.x / 32, row_block = warp / 2, col_block = (warp % 2) * 2;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2];
+  wmma::fill_fragment(acc[0], 0.0f);
+  wmma::fill_fragment(acc[1], 0.0f);
+  for (int r0 = 0; r0 < R; r0 += kTcDepth) {
+    for (int e = threadIdx.x; e < kTcDepth * kCols; e += kThreads) {
+      const int hc = e % kCols, rk = e / kCols, r = r0 + rk, h = hb + hc;
+      const float v = (r < R && h < H) ? static_cast<float>(w[static_cast<int64_t>(r) * H + h]) : 0.0f;
+      store_operand(wt + rk * kTcWide + hc, v);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kTcDepth; k += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, mma_t, wmma::row_major> fa;
+      wmma::load_matrix_sync(fa, dz + row_block * 16 * ldz + r0 + k, ldz);
+#pragma unroll
+      for (int f = 0; f < 2; ++f) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, mma_t, wmma::row_major> fb;
+        wmma::load_matrix_sync(fb, wt + k * kTcWide + (col_block + f) * 16, kTcWide);
+        wmma::mma_sync(acc[f], fa, fb, acc[f]);
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int f = 0; f < 2; ++f)
+    wmma::store_matrix_sync(s.z + row_block * 16 * kZStride + (col_block + f) * 16, acc[f], kZStride,
+                            wmma::mem_row_major);
+  __syncthreads();
+  read_back<kOther, false>(out, s);
+  __syncthreads();
+#else
+  __trap();
+#endif
+}
+
+// Per-launch constants of the backward.
+template <typename scalar_t>
+struct BackwardArgs {
+  using acc_t = typename Acc<scalar_t>::type;
+  const scalar_t* grad;  // (B, N, R)
+  const scalar_t* a;
+  const scalar_t* b;
+  const scalar_t* w;
+  const scalar_t* bias;  // or nullptr
+  const bool* key_mask;  // or nullptr
+  const acc_t* inv_count;  // (B,) 1 / max(Σ_j m_j, 1)
+  acc_t* own_grad;   // da (B, N, H) in the row pass, db (B, M, H) in the column pass; zero-initialised
+  acc_t* other_grad;  // db (B, M, H) accumulated with atomics by the row pass, or nullptr
+  acc_t* slabs;  // per-block [dW | dβ] partials (R, H + 1), zero-initialised, or nullptr (column pass)
+  void* dz_scratch;  // per-block dz tiles (kPairs, ldz) of DzType in device memory, or nullptr: shared memory
+  int B, N, M, H, R, ldz, inner, outer;
+  bool clip;  // block b owns batch element b whole: it also forms db, with a fixed-order reduction
+};
+
+// The backward over own tiles. Row pass (kRows): da, [dW | dβ], and db either with atomics
+// (other_grad) or, in clip mode, by a block reduction. Column pass: db only.
+template <bool kRows, typename scalar_t>
+__global__ void __launch_bounds__(kThreads) global_relation_backward_kernel(BackwardArgs<scalar_t> args) {
+  using acc_t = typename Acc<scalar_t>::type;
+  using dz_t = DzType<scalar_t>;
+  constexpr bool kTc = kTensorCores<scalar_t>;
+  __shared__ __align__(32) ProjectTiles<scalar_t> tiles;
+  // Pair or weight tile of the dW and du products: fp32/fp64 [16][64], or 16-bit [64][kTcWide].
+  __shared__ __align__(32) acc_t pt[kTc ? 1 : kPairs * kStride];
+  __shared__ __align__(32) unsigned short bt[kTc ? kPairs * kTcWide : 1];
+  const int ty = threadIdx.x / kLanes, tx = threadIdx.x % kLanes;
+  const int N = args.N, M = args.M, H = args.H, R = args.R, ldz = args.ldz;
+  const int n_own = kRows ? N : M, n_other = kRows ? M : N;
+  const int own_tiles = (n_own + kOwn - 1) / kOwn;
+  dz_t* dz;
+  acc_t* clip_sum;  // kOwn x (kOther * kCols), clip mode only
+  if (args.dz_scratch != nullptr) {
+    dz = static_cast<dz_t*>(args.dz_scratch) + static_cast<int64_t>(blockIdx.x) * kPairs * ldz;
+    clip_sum = reinterpret_cast<acc_t*>(dynamic_shared_memory());
+  } else {
+    dz = reinterpret_cast<dz_t*>(dynamic_shared_memory());
+    clip_sum = reinterpret_cast<acc_t*>(dz + kPairs * ldz);
+  }
+  acc_t* slab = args.slabs ? args.slabs + static_cast<int64_t>(blockIdx.x) * R * (H + 1) : nullptr;
+
+  const int first = args.clip ? blockIdx.x * own_tiles : blockIdx.x;
+  const int last = args.clip ? first + own_tiles : args.B * own_tiles;
+  const int step = args.clip ? 1 : gridDim.x;
+  for (int t = first; t < last; t += step) {
+    const int batch = t / own_tiles, own0 = (t % own_tiles) * kOwn;
+    const bool* mask = args.key_mask ? args.key_mask + static_cast<int64_t>(batch) * M : nullptr;
+    const scalar_t* grad = args.grad + static_cast<int64_t>(batch) * N * R;
+    const acc_t scale = args.inv_count[batch];
+    PairTile<scalar_t> tile{args.a + static_cast<int64_t>(batch) * N * H,
+                            args.b + static_cast<int64_t>(batch) * M * H, own0, 0, n_own, n_other, H, kRows};
+    acc_t* own_grad = args.own_grad + static_cast<int64_t>(batch) * n_own * H;
+    acc_t* other_grad = args.other_grad ? args.other_grad + static_cast<int64_t>(batch) * n_other * H : nullptr;
+    const int o = own0 + ty;
+
+    for (int other0 = 0; other0 < n_other; other0 += kOther) {
+      if (kRows && !any_key(mask, other0, M)) continue;
+      tile.other0 = other0;
+
+      // dz = m_j σ'(z) dG_i / n for the 64 pairs and all R columns (zero outside the ranges).
+      for (int r0 = 0; r0 < R; r0 += kCols) {
+        acc_t z[kOther][kPerLane];
+        tiles.project(z, tile, args.w, r0, R, args.inner);
+#pragma unroll
+        for (int x = 0; x < kOther; ++x) {
+          const int xo = other0 + x;
+          const int i = kRows ? o : xo, j = kRows ? xo : o;
+          const bool valid = o < n_own && xo < n_other && key_valid(mask, j, M);
+#pragma unroll
+          for (int c = 0; c < kPerLane; ++c) {
+            const int r = r0 + tx + kLanes * c;
+            acc_t d = acc_t(0);
+            if (valid && r < R) {
+              const acc_t zr = z[x][c] + (args.bias ? static_cast<acc_t>(args.bias[r]) : acc_t(0));
+              d = activation_grad(args.outer, zr) * static_cast<acc_t>(grad[static_cast<int64_t>(i) * R + r]) * scale;
+            }
+            if constexpr (kTc) store_operand(dz + (ty * kOther + x) * ldz + r, d);
+            else dz[(ty * kOther + x) * ldz + r] = d;
+          }
+        }
+      }
+
+      // [dW | dβ][r, h] += Σ_pairs dz[pair, r] p[pair, h], with p[pair, H] = 1 (row pass only).
+      if (kRows) {
+        for (int rb = 0; rb < R; rb += kCols) {
+          for (int hb = 0; hb <= H; hb += kCols) {
+            acc_t acc[kPerLane][kPerLane];
+            if constexpr (kTc) {
+              weight_grad_tc(acc, tiles.tc, bt, dz, ldz, tile, rb, hb, args.inner);
+            } else {
+#pragma unroll
+            for (int u = 0; u < kPerLane; ++u)
+#pragma unroll
+              for (int v = 0; v < kPerLane; ++v) acc[u][v] = acc_t(0);
+            for (int p0 = 0; p0 < kPairs; p0 += kDepth) {
+              for (int e = threadIdx.x; e < kDepth * kCols; e += kThreads) {
+                const int hc = e % kCols, pr = p0 + e / kCols, h = hb + hc;
+                acc_t v = acc_t(0);
+                if (tile.in_range(pr)) {
+                  if (h < H) v = activation(args.inner, tile.template difference<acc_t>(pr, h));
+                  else if (h == H) v = acc_t(1);
+                }
+                pt[(e / kCols) * kWide + hc] = v;
+              }
+              __syncthreads();
+#pragma unroll
+              for (int kk = 0; kk < kDepth; ++kk) {
+                acc_t dv[kPerLane];
+#pragma unroll
+                for (int u = 0; u < kPerLane; ++u) dv[u] = dz[(p0 + kk) * ldz + rb + ty + kLanes * u];
+#pragma unroll
+                for (int v = 0; v < kPerLane; ++v) {
+                  const acc_t pv = pt[kk * kWide + tx + kLanes * v];
+#pragma unroll
+                  for (int u = 0; u < kPerLane; ++u) acc[u][v] += dv[u] * pv;
+                }
+              }
+              __syncthreads();
+            }
+            }
+#pragma unroll
+            for (int u = 0; u < kPerLane; ++u) {
+              const int r = rb + ty + kLanes * u;
+#pragma unroll
+              for (int v = 0; v < kPerLane; ++v) {
+                const int h = hb + tx + kLanes * v;
+                if (r < R && h <= H) slab[static_cast<int64_t>(r) * (H + 1) + h] += acc[u][v];
+              }
+            }
+          }
+        }
+      }
+
+      // du[pair, h] = δ'(a_i − b_j)[h] Σ_r dz[pair, r] W[r, h]; own side summed in the thread.
+      for (int hb = 0; hb < H; hb += kCols) {
+        acc_t acc[kOther][kPerLane];
+        if constexpr (kTc) {
+          input_grad_tc(acc, tiles.tc, bt, dz, ldz, args.w, hb, R, H);
+        } else {
+#pragma unroll
+        for (int x = 0; x < kOther; ++x)
+#pragma unroll
+          for (int v = 0; v < kPerLane; ++v) acc[x][v] = acc_t(0);
+        for (int r0 = 0; r0 < R; r0 += kDepth) {
+          for (int e = threadIdx.x; e < kDepth * kCols; e += kThreads) {
+            const int hc = e % kCols, rk = e / kCols, r = r0 + rk, h = hb + hc;
+            pt[rk * kWide + hc] =
+                (r < R && h < H) ? static_cast<acc_t>(args.w[static_cast<int64_t>(r) * H + h]) : acc_t(0);
+          }
+          __syncthreads();
+#pragma unroll
+          for (int rk = 0; rk < kDepth; ++rk) {
+            acc_t wv[kPerLane];
+#pragma unroll
+            for (int v = 0; v < kPerLane; ++v) wv[v] = pt[rk * kWide + tx + kLanes * v];
+#pragma unroll
+            for (int x = 0; x < kOther; ++x) {
+              const acc_t d = dz[(ty * kOther + x) * ldz + r0 + rk];
+#pragma unroll
+              for (int v = 0; v < kPerLane; ++v) acc[x][v] += d * wv[v];
+            }
+          }
+          __syncthreads();
+        }
+        }
+#pragma unroll
+        for (int v = 0; v < kPerLane; ++v) {
+          const int h = hb + tx + kLanes * v;
+          acc_t own_sum = acc_t(0);
+#pragma unroll
+          for (int x = 0; x < kOther; ++x) {
+            const int pr = ty * kOther + x;
+            acc_t du = acc_t(0);
+            if (h < H && tile.in_range(pr))
+              du = acc[x][v] * activation_grad(args.inner, tile.template difference<acc_t>(pr, h));
+            own_sum += du;
+            if (args.clip) clip_sum[ty * (kOther * kCols) + x * kCols + tx + kLanes * v] = du;
+            else if (other_grad != nullptr && h < H && other0 + x < n_other)
+              atomicAdd(other_grad + static_cast<int64_t>(other0 + x) * H + h, -du);
+          }
+          if (o < n_own && h < H) own_grad[static_cast<int64_t>(o) * H + h] += kRows ? own_sum : -own_sum;
+        }
+        if (args.clip) {
+          // db[j, h] −= Σ_own du, summed over the 16 own items in a fixed order.
+          __syncthreads();
+          const int x = threadIdx.x / kCols, hc = threadIdx.x % kCols, h = hb + hc;
+          acc_t s = acc_t(0);
+          for (int k = 0; k < kOwn; ++k) s += clip_sum[k * (kOther * kCols) + threadIdx.x];
+          if (h < H && other0 + x < n_other) other_grad[static_cast<int64_t>(other0 + x) * H + h] -= s;
+          __syncthreads();
+        }
+      }
+    }
+  }
+}
+
+// dW[r, h] = Σ_s slab_s[r, h], dβ[r] = Σ_s slab_s[r, H], summed in slab order.
+template <typename scalar_t>
+__global__ void global_relation_reduce_slabs_kernel(const typename Acc<scalar_t>::type* __restrict__ slabs,
+                                                    int n_slabs, int R, int H, scalar_t* __restrict__ dweight,
+                                                    scalar_t* __restrict__ dbias) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int64_t size = static_cast<int64_t>(R) * (H + 1);
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= size) return;
+  acc_t s = acc_t(0);
+  for (int k = 0; k < n_slabs; ++k) s += slabs[k * size + e];
+  const int64_t r = e / (H + 1), h = e % (H + 1);
+  if (h < H) dweight[r * H + h] = static_cast<scalar_t>(s);
+  else dbias[r] = static_cast<scalar_t>(s);
+}
+
+// out[b, i, h] = scale_b Σ_j m_j f(a_ih − b_jh), f = δ or δ' (outer = identity fast path).
+// Block (32 channels, 8 rows); no shared memory, no barriers.
+template <typename scalar_t>
+__global__ void global_relation_row_sum_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+                                               const bool* __restrict__ key_mask,
+                                               const typename Acc<scalar_t>::type* __restrict__ scale,
+                                               typename Acc<scalar_t>::type* __restrict__ out, int N, int M, int H,
+                                               int inner, bool grad) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int h = blockIdx.x * blockDim.x + threadIdx.x, i = blockIdx.y * blockDim.y + threadIdx.y;
+  const int batch = blockIdx.z;
+  if (h >= H || i >= N) return;
+  const bool* mask = key_mask ? key_mask + static_cast<int64_t>(batch) * M : nullptr;
+  const scalar_t* bb = b + static_cast<int64_t>(batch) * M * H + h;
+  const acc_t ai = static_cast<acc_t>(a[(static_cast<int64_t>(batch) * N + i) * H + h]);
+  acc_t sum = acc_t(0);
+  for (int j = 0; j < M; ++j) {
+    if (mask != nullptr && !mask[j]) continue;
+    const acc_t d = ai - static_cast<acc_t>(bb[static_cast<int64_t>(j) * H]);
+    sum += grad ? activation_grad(inner, d) : activation(inner, d);
+  }
+  out[(static_cast<int64_t>(batch) * N + i) * H + h] = scale ? sum * scale[batch] : sum;
+}
+
+// db[b, j, h] = −m_j Σ_i e[b, i, h] δ'(a_ih − b_jh) (outer = identity fast path).
+template <typename scalar_t>
+__global__ void global_relation_column_sum_kernel(const typename Acc<scalar_t>::type* __restrict__ e,
+                                                  const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+                                                  const bool* __restrict__ key_mask,
+                                                  typename Acc<scalar_t>::type* __restrict__ db, int N, int M,
+                                                  int H, int inner) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int h = blockIdx.x * blockDim.x + threadIdx.x, j = blockIdx.y * blockDim.y + threadIdx.y;
+  const int batch = blockIdx.z;
+  if (h >= H || j >= M) return;
+  const int64_t out = (static_cast<int64_t>(batch) * M + j) * H + h;
+  if (key_mask != nullptr && !key_mask[static_cast<int64_t>(batch) * M + j]) {
+    db[out] = acc_t(0);
+    return;
+  }
+  const acc_t bj = static_cast<acc_t>(b[out]);
+  const int64_t base = static_cast<int64_t>(batch) * N * H + h;
+  acc_t sum = acc_t(0);
+  for (int i = 0; i < N; ++i) {
+    const int64_t k = base + static_cast<int64_t>(i) * H;
+    sum += e[k] * activation_grad(inner, static_cast<acc_t>(a[k]) - bj);
+  }
+  db[out] = -sum;
+}
+
+}  // namespace cuda_kernels
+}  // namespace fastrel
