@@ -37,10 +37,10 @@ MEMORY_NOTE = (
 
 
 def _sizes(quick: bool) -> dict:
-    """RGSA on 24×12 feature maps (N = 288 positions), RGTR on ragged clips of up to 48 frames."""
+    """RGSA on 16×8 feature maps (N = 128 positions, as at 256×128 input), RGTR on ragged clips."""
     if quick:
         return {"frames": 2, "channels": 128, "height": 8, "width": 8, "clips": 4, "length": 16}
-    return {"frames": 4, "channels": 256, "height": 24, "width": 12, "clips": 8, "length": 48}
+    return {"frames": 4, "channels": 256, "height": 16, "width": 8, "clips": 8, "length": 32}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,11 +134,9 @@ def _candidates() -> list[tuple[str, str | None, tuple[str, str] | None]]:
     return found
 
 
-def _spawn(backend: str, activations: tuple[str, str], quick: bool, folder: Path) -> tuple[dict, dict]:
+def _spawn(backend: str, activations: tuple[str, str], options: list[str], folder: Path) -> tuple[dict, dict]:
     path = folder / f"{backend}_{activations[0]}_{activations[1]}.pt"
-    command = [sys.executable, "-m", "fastrel.demo", "--worker", backend, *activations, str(path)]
-    if quick:
-        command.append("--quick")
+    command = [sys.executable, "-m", "fastrel.demo", "--worker", backend, *activations, str(path), *options]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"backend {backend!r} failed:\n{done.stderr.strip()}")
@@ -158,13 +156,15 @@ def _errors(results: dict, expected: dict) -> tuple[float, float, str]:
     return worst_abs, worst_rel, where
 
 
-def demo(quick: bool = False) -> int:
+def demo(quick: bool = False, threads: int | None = None) -> int:
     size = _sizes(quick)
+    threads = threads or torch.get_num_threads()
+    options = (["--quick"] if quick else []) + ["--threads", str(threads)]
     print(
         f"RGSA: {size['frames']} frames, C = {size['channels']}, {size['height']}×{size['width']} map "
         f"(N = {size['height'] * size['width']}); RGTR: {size['clips']} clips of up to {size['length']} "
         f"frames (ragged); hidden C/8, relation C/16; float32, forward + backward, "
-        f"{torch.get_num_threads()} threads"
+        f"{threads} threads"
     )
     runs, skipped = [], []
     for name, reason, activations in _candidates():
@@ -179,9 +179,9 @@ def demo(quick: bool = False) -> int:
         rows = []
         for name, activations in runs:
             if activations not in references:
-                references[activations] = _spawn("reference", activations, quick, Path(folder))
+                references[activations] = _spawn("reference", activations, options, Path(folder))
             try:
-                measured, results = _spawn(name, activations, quick, Path(folder))
+                measured, results = _spawn(name, activations, options, Path(folder))
             except RuntimeError as error:
                 print(error)
                 failures += 1
@@ -193,8 +193,7 @@ def demo(quick: bool = False) -> int:
     )
     for activations, (measured, _) in references.items():
         print(
-            f"{'reference':10s} {'/'.join(activations):18s} {measured['ms']:8.1f} {'':8s} "
-            f"{measured['peak_mib']:8.1f}"
+            f"{'reference':10s} {'/'.join(activations):18s} {measured['ms']:8.1f} {'':8s} {measured['peak_mib']:8.1f}"
         )
     for name, activations, measured, (worst_abs, worst_rel, where) in rows:
         ref = references[activations][0]
@@ -214,15 +213,16 @@ def demo(quick: bool = False) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastrel.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs")
-    parser.add_argument(
-        "--worker", nargs=4, metavar=("BACKEND", "INNER", "OUTER", "PATH"), help=argparse.SUPPRESS
-    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--worker", nargs=4, metavar=("BACKEND", "INNER", "OUTER", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.worker:
         backend, inner, outer, path = args.worker
         print(json.dumps(_run_backend(backend, inner, outer, args.quick, path)))
         return 0
-    return demo(args.quick)
+    return demo(args.quick, args.threads)
 
 
 if __name__ == "__main__":
