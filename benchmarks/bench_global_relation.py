@@ -7,7 +7,7 @@ inputs: on CPU each (case, implementation) runs in a fresh subprocess, which res
 ``torch.cuda.max_memory_allocated`` minus what was allocated before the call. Cases predicted to
 exceed the memory budget or the time limit are recorded as skipped, with the reason.
 
-    python benchmarks/bench_global_relation.py --quick            # a small grid, about a minute
+    python benchmarks/bench_global_relation.py --quick            # a small grid
     python benchmarks/bench_global_relation.py                    # the CPU grid and the target cases
     python benchmarks/bench_global_relation.py --device cuda      # GPU rows, with TFLOP/s
 
@@ -49,6 +49,8 @@ GRID_HR = ((64, 32), (128, 64), (256, 128))
 TARGETS = ((2, 512, 128, 64), (8, 128, 256, 128), (1, 4096, 64, 32))
 #: A forward plus backward costs about 3.5 forwards (the backward about 2.5).
 FWDBWD_FLOP_FACTOR = 3.5
+#: Timed calls made even when the time limit is near (a median of fewer would mean little).
+MIN_TIMED = 3
 #: Seconds a worker needs to start (import torch) before it measures anything.
 STARTUP_ALLOWANCE_S = 30.0
 DTYPES = {
@@ -128,9 +130,7 @@ def build(name: str, family: str, spec: dict) -> Callable:
     return fused
 
 
-def predicted_bytes(
-    name: str, family: str, case: Case, element_size: int, mode: str, chunk_budget: int
-) -> int:
+def predicted_bytes(name: str, family: str, case: Case, element_size: int, mode: str, chunk_budget: int) -> int:
     backward = mode == "fwdbwd"
     if family == "peer":
         return peers.predicted_peak_bytes(
@@ -206,7 +206,8 @@ def repeat_seconds(call, device: str, min_time: float, min_repeats: int, max_rep
     while len(times) < max_repeats:
         times.append(call_seconds(call, device))
         enough = len(times) >= min_repeats and sum(times) >= min_time
-        if enough or (len(times) >= 3 and time.perf_counter() + statistics.median(times) > deadline):
+        late = time.perf_counter() + statistics.median(times) > deadline
+        if enough or (len(times) >= MIN_TIMED and late):
             break
     return times
 
@@ -256,8 +257,11 @@ def measure(spec: dict) -> list[dict]:
         call = forward if mode == "fwd" else forward_backward
         row = {"mode": mode, "status": "ok"}
         try:
-            row["first_call_s"] = call_seconds(call, device)  # includes torch.compile for `compiled`
-            out = call()
+            begin = time.perf_counter()
+            out = call()  # the first call: it warms up and, for `compiled`, compiles
+            if device == "cuda":
+                torch.cuda.synchronize()
+            row["first_call_s"] = time.perf_counter() - begin
             if check is not None:
                 got = [out] + ([leaf.grad for leaf in leaves] if mode == "fwdbwd" else [])
                 row["max_rel_err"] = max(_relative_error(x, y) for x, y in zip(got, check[mode], strict=True))
@@ -265,9 +269,7 @@ def measure(spec: dict) -> list[dict]:
             peak = cuda_peak_bytes if device == "cuda" else cpu_peak_bytes
             row["peak_mib"] = peak(call) / 2**20
             deadline = time.perf_counter() + spec["time_budget_s"] / len(spec["modes"])
-            times = repeat_seconds(
-                call, device, spec["min_time"], spec["min_repeats"], spec["max_repeats"], deadline
-            )
+            times = repeat_seconds(call, device, spec["min_time"], spec["min_repeats"], spec["max_repeats"], deadline)
             row["time_ms"] = statistics.median(times) * 1e3
             quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
             row["time_p25_ms"], row["time_p75_ms"] = quartiles[0] * 1e3, quartiles[2] * 1e3
@@ -398,6 +400,8 @@ def run(args) -> list[dict]:
             for mode in args.modes:
                 need = predicted_bytes(name, family, case, element_size, mode, args.chunk_budget_mb << 20)
                 reason = _skip_reason(name, mode, case, need, args, last, stopped)
+                if reason is None and time.perf_counter() - started > args.total_limit:
+                    reason = f"the run passed its total time limit of {args.total_limit:.0f} s"
                 if reason:
                     skipped[mode] = {"mode": mode, "status": f"skipped: {reason}"}
                 else:
@@ -424,7 +428,7 @@ def run(args) -> list[dict]:
                 }
                 if args.device == "cpu":
                     allowance = STARTUP_ALLOWANCE_S + (args.compile_allowance if name == "compiled" else 0)
-                    results += run_in_subprocess(spec, args.time_limit + allowance)
+                    results += run_in_subprocess(spec, 1.5 * args.time_limit + allowance)
                 else:
                     results += measure(spec)
             for result in sorted(results, key=lambda r: MODES.index(r["mode"])):
@@ -443,7 +447,7 @@ def _skip_reason(name, mode, case, need, args, last, stopped) -> str | None:
         return f"a smaller case {stopped[(name, mode)]}"
     if (name, mode) in last:
         smaller, seconds = last[(name, mode)]
-        calls = args.min_repeats + 3  # first call, warm-up, memory, then the timed repeats
+        calls = 2 + MIN_TIMED  # the first call, the memory call, then the timed repeats
         predicted = seconds * work(name, case) / work(name, smaller) * calls
         if predicted > args.time_limit:
             return f"predicted {predicted:.0f} s for {calls} calls > time limit {args.time_limit:.0f} s"
@@ -509,9 +513,7 @@ def ratio_table(rows: list[dict]) -> str:
                 lines.append(f"  {r['impl']:10s} {r['status']}")
                 continue
             speedup = f"{ref['time_ms'] / r['time_ms']:7.2f}×" if ref else "      -"
-            vs_best = (
-                f"{best['time_ms'] / r['time_ms']:7.2f}×" if best and r["family"] == "fastrel" else "      -"
-            )
+            vs_best = f"{best['time_ms'] / r['time_ms']:7.2f}×" if best and r["family"] == "fastrel" else "      -"
             memory = f"{ref['peak_mib'] / r['peak_mib']:7.1f}×" if ref and r["peak_mib"] > 0.05 else "      -"
             note = f"best peer {best['impl']}" if best and r["family"] == "fastrel" else ""
             if r.get("max_rel_err") is not None:
@@ -520,6 +522,11 @@ def ratio_table(rows: list[dict]) -> str:
                 f"  {r['impl']:10s} {r['time_ms']:10.2f} {speedup:>8s} {vs_best:>8s} "
                 f"{r['peak_mib']:9.1f} {memory:>8s} {r['tflops']:8.4f}  {note.strip()}"
             )
+    lines.append(
+        "\nspeedup and mem ×: the reference's time or peak memory over this one's; vs best: the fastest"
+        "\npeer's time over this one's. TFLOP/s counts 2·B·N·M·H·R per forward (3.5× that forward +"
+        "\nbackward) for every implementation, also for those that do less work (sort)."
+    )
     return "\n".join(lines)
 
 
@@ -539,10 +546,10 @@ def parse_args(argv=None):
     names = lambda text: [x for x in text.split(",") if x]  # noqa: E731
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
-    parser.add_argument("--n", type=ints, default=list(GRID_N), help="N = M values, comma-separated")
-    parser.add_argument("--hr", type=pair, nargs="+", default=list(GRID_HR), help="H:R pairs: 64:32 128:64")
+    parser.add_argument("--n", type=ints, default=None, help="N = M values, comma-separated")
+    parser.add_argument("--hr", type=pair, nargs="+", default=None, help="H:R pairs: 64:32 128:64")
     parser.add_argument("--batch", type=int, default=1, help="B of the grid cases (targets have their own)")
-    parser.add_argument("--cases", type=names, default=["grid", "targets"], help="grid,targets")
+    parser.add_argument("--cases", type=names, default=None, help="grid,targets (default both)")
     parser.add_argument("--impl", type=names, default=None, help="only these implementations")
     parser.add_argument("--modes", type=names, default=list(MODES), help="fwd,fwdbwd")
     parser.add_argument("--inner", default="relu")
@@ -564,12 +571,20 @@ def parse_args(argv=None):
     parser.add_argument(
         "--time-limit",
         type=float,
-        default=40.0,
-        help="seconds of measurement per case and implementation (start-up excluded)",
+        default=None,
+        help="seconds of measurement per case and implementation, start-up excluded (default 40)",
+    )
+    parser.add_argument(
+        "--total-limit",
+        type=float,
+        default=1080.0,
+        help="seconds after which no further measurement starts (the rest is recorded as skipped)",
     )
     parser.add_argument("--compile-allowance", type=float, default=150.0, help="seconds more for compiling")
-    parser.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per measurement")
-    parser.add_argument("--min-repeats", type=int, default=5)
+    parser.add_argument(
+        "--min-time", type=float, default=None, help="seconds of timed calls per measurement (default 1)"
+    )
+    parser.add_argument("--min-repeats", type=int, default=None, help="timed calls at least (default 5)")
     parser.add_argument("--max-repeats", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
@@ -579,9 +594,22 @@ def parse_args(argv=None):
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    defaults = {
+        "n": list(GRID_N),
+        "hr": list(GRID_HR),
+        "cases": ["grid", "targets"],
+        "min_time": 1.0,
+        "min_repeats": 5,
+        "time_limit": 40.0,
+    }
     if args.quick:
-        args.n, args.hr, args.cases = [64, 128, 512], [(64, 32), (128, 64)], ["grid"]
-        args.min_time, args.min_repeats, args.time_limit = 0.3, 3, 15.0
+        defaults.update(n=[64, 128, 512], hr=[(64, 32), (128, 64)], cases=["grid"])
+        defaults.update(min_time=0.3, min_repeats=3, time_limit=15.0)
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.min_repeats < MIN_TIMED:
+        parser.error(f"--min-repeats: expected at least {MIN_TIMED}, got {args.min_repeats}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     if args.memory_budget_mb is None:
