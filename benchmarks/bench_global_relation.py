@@ -590,7 +590,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="N in {64, 128, 512}, (H, R) in {(64, 32), (128, 64)}, no targets, short timing",
+        help="N in {64, 128, 512}, (H, R) = (64, 32), no targets, short timing",
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -603,7 +603,7 @@ def parse_args(argv=None):
         "time_limit": 40.0,
     }
     if args.quick:
-        defaults.update(n=[64, 128, 512], hr=[(64, 32), (128, 64)], cases=["grid"])
+        defaults.update(n=[64, 128, 512], hr=[(64, 32)], cases=["grid"])
         defaults.update(min_time=0.3, min_repeats=3, time_limit=15.0)
     for name, value in defaults.items():
         if getattr(args, name) is None:
