@@ -62,7 +62,7 @@ DTYPES = {
 FIELDS = (
     "date device machine threads torch B N M H R dtype inner outer impl family mode status time_ms "
     "time_p25_ms time_p75_ms repeats first_call_s peak_mib predicted_mib tflops matmul_peak_tflops "
-    "max_rel_err chunk_rows"
+    "max_rel_err chunk_rows note"
 ).split()
 
 
@@ -383,6 +383,7 @@ def run(args) -> list[dict]:
         "inner": args.inner,
         "outer": args.outer,
         "matmul_peak_tflops": round(peak, 4),
+        "note": args.note,
     }
     print(
         f"{common['machine']}; torch {torch.__version__}, {args.threads} threads; "
@@ -423,12 +424,12 @@ def run(args) -> list[dict]:
                     "min_time": args.min_time,
                     "min_repeats": args.min_repeats,
                     "max_repeats": args.max_repeats,
-                    "time_budget_s": args.time_limit,
+                    "time_budget_s": _time_limit(case, args),
                     "threads": args.threads,
                 }
                 if args.device == "cpu":
                     allowance = STARTUP_ALLOWANCE_S + (args.compile_allowance if name == "compiled" else 0)
-                    results += run_in_subprocess(spec, 1.5 * args.time_limit + allowance)
+                    results += run_in_subprocess(spec, 1.5 * _time_limit(case, args) + allowance)
                 else:
                     results += measure(spec)
             for result in sorted(results, key=lambda r: MODES.index(r["mode"])):
@@ -437,6 +438,12 @@ def run(args) -> list[dict]:
                 _remember(row, name, case, last, stopped)
                 _print_progress(row, time.perf_counter() - started)
     return rows
+
+
+def _time_limit(case: Case, args) -> float:
+    """The issue's target cases get a longer time limit than the grid's."""
+    is_target = (case.B, case.N, case.H, case.R) in TARGETS and case.N == case.M
+    return max(args.time_limit, args.target_time_limit) if is_target else args.time_limit
 
 
 def _skip_reason(name, mode, case, need, args, last, stopped) -> str | None:
@@ -449,8 +456,9 @@ def _skip_reason(name, mode, case, need, args, last, stopped) -> str | None:
         smaller, seconds = last[(name, mode)]
         calls = 2 + MIN_TIMED  # the first call, the memory call, then the timed repeats
         predicted = seconds * work(name, case) / work(name, smaller) * calls
-        if predicted > args.time_limit:
-            return f"predicted {predicted:.0f} s for {calls} calls > time limit {args.time_limit:.0f} s"
+        limit = _time_limit(case, args)
+        if predicted > limit:
+            return f"predicted {predicted:.0f} s for {calls} calls > time limit {limit:.0f} s"
     return None
 
 
@@ -575,6 +583,9 @@ def parse_args(argv=None):
         help="seconds of measurement per case and implementation, start-up excluded (default 40)",
     )
     parser.add_argument(
+        "--target-time-limit", type=float, default=90.0, help="--time-limit for the issue's target cases"
+    )
+    parser.add_argument(
         "--total-limit",
         type=float,
         default=1080.0,
@@ -593,6 +604,7 @@ def parse_args(argv=None):
         help="N in {64, 128, 512}, (H, R) = (64, 32), no targets, short timing",
     )
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--note", default="", help="a remark stored with every row (the machine's state)")
     args = parser.parse_args(argv)
     defaults = {
         "n": list(GRID_N),

@@ -72,20 +72,20 @@ def chunk_rows(B: int, N: int, M: int, H: int, R: int, element_size: int, budget
 def predicted_peak_bytes(
     name: str, B: int, N: int, M: int, H: int, R: int, element_size: int, backward: bool, chunk_budget: int
 ) -> int:
-    """A generous estimate of the peak memory above the inputs, used to skip cases over budget.
+    """An estimate, on the high side, of the peak memory above the inputs, to skip cases over budget.
 
-    The reference holds the forward intermediates of every pair; its backward keeps p and r and
-    creates gradients of the same sizes, about twice that. ``compiled`` fuses the element-wise
-    parts but still materialises p for the matmul, so it is bounded by the reference. ``chunked``
-    holds one chunk's worth (twice in the backward); ``keops`` holds no pairs.
+    The reference's forward holds two (B, N, M, H) tensors at once (the differences and p) and
+    R-wide ones after; forward + backward keeps p for the matmul's backward and creates gradients
+    of p and of the differences. ``compiled`` fuses the element-wise parts but still materialises p,
+    so it is bounded by the reference. ``chunked`` holds one chunk's worth; ``keops`` holds no pairs.
     """
     small = (B * (N + M) * H + B * N * R + R * H) * element_size * (4 if backward else 2)
-    every_pair = N * pair_bytes_per_row(B, M, H, R, element_size) * (2 if backward else 1)
+    per_pair = (3 * H + 2 * R) if backward else (2 * H + R)
     if name in ("reference", "compiled"):
-        return every_pair + small
+        return B * N * M * per_pair * element_size + small
     if name == "chunked":
         rows = chunk_rows(B, N, M, H, R, element_size, chunk_budget)
-        return rows * pair_bytes_per_row(B, M, H, R, element_size) * (2 if backward else 1) + small
+        return B * rows * M * per_pair * element_size + small
     return small
 
 
