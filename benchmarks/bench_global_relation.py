@@ -593,7 +593,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--compile-allowance", type=float, default=150.0, help="seconds more for compiling")
     parser.add_argument(
-        "--min-time", type=float, default=None, help="seconds of timed calls per measurement (default 1)"
+        "--min-time", type=float, default=None, help="seconds of timed calls per measurement (default 0.5)"
     )
     parser.add_argument("--min-repeats", type=int, default=None, help="timed calls at least (default 5)")
     parser.add_argument("--max-repeats", type=int, default=1000)
@@ -610,7 +610,7 @@ def parse_args(argv=None):
         "n": list(GRID_N),
         "hr": list(GRID_HR),
         "cases": ["grid", "targets"],
-        "min_time": 1.0,
+        "min_time": 0.5,
         "min_repeats": 5,
         "time_limit": 40.0,
     }
