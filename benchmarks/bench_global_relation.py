@@ -371,7 +371,11 @@ def run(args) -> list[dict]:
     for name, _, reason in impls:
         if reason is not None:
             print(f"  {name:10s} not run: {reason}")
-    runnable = [(name, family) for name, family, reason in impls if reason is None]
+    # Fused backends first, torch.compile (slow to start) last: the total time limit cuts the peers.
+    runnable = sorted(
+        ((name, family) for name, family, reason in impls if reason is None),
+        key=lambda entry: (entry[1] != "fastrel", entry[0] == "compiled"),
+    )
     peak = matmul_peak_tflops(args.device, dtype)
     common = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
@@ -395,8 +399,9 @@ def run(args) -> list[dict]:
     #: (impl, mode) that timed out: larger cases are skipped.
     stopped: dict[tuple[str, str], str] = {}
     started = time.perf_counter()
-    for case in cases(args):
-        for name, family in runnable:
+    ordered = cases(args)
+    for name, family in runnable:
+        for case in ordered:
             modes, skipped = [], {}
             for mode in args.modes:
                 need = predicted_bytes(name, family, case, element_size, mode, args.chunk_budget_mb << 20)
@@ -437,6 +442,9 @@ def run(args) -> list[dict]:
                 rows.append(row)
                 _remember(row, name, case, last, stopped)
                 _print_progress(row, time.perf_counter() - started)
+    position = {case: index for index, case in enumerate(ordered)}
+    names = [name for name, _ in runnable]
+    rows.sort(key=lambda r: (position[Case(r["B"], r["N"], r["M"], r["H"], r["R"])], names.index(r["impl"])))
     return rows
 
 
