@@ -66,6 +66,11 @@ else
   # Fixed Triton tiles in the tests: autotuning every random shape would compile for minutes.
   step tests_property 130 env FASTREL_TRITON_AUTOTUNE=0 "$PY" -m pytest -q --maxfail=10 \
     tests/test_global_relation.py -k "triton or cuda"
+  if command -v compute-sanitizer > /dev/null; then
+    for tool in memcheck racecheck; do
+      step "sanitize_$tool" 45 compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" benchmarks/sanitize_cuda.py
+    done
+  fi
   step cases 200 "$PY" benchmarks/gpu_check.py cases --out "$RESULTS/cases.json"
   BENCH_ARGS=(--device cuda --dtype bfloat16 --quick --time-limit 10 --out "$RESULTS/bench_cuda.csv")
 fi
