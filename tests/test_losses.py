@@ -19,8 +19,8 @@ def direct_weighted_triplet(features: torch.Tensor, pids: list[int], form: str, 
             continue
         wp = [math.exp(x) for x in pos]
         wn = [math.exp(-x) for x in neg]
-        d_pos = sum(w * x for w, x in zip(wp, pos)) / sum(wp)
-        d_neg = sum(w * x for w, x in zip(wn, neg)) / sum(wn)
+        d_pos = sum(w * x for w, x in zip(wp, pos, strict=True)) / sum(wp)
+        d_neg = sum(w * x for w, x in zip(wn, neg, strict=True)) / sum(wn)
         gap = d_pos - d_neg
         losses.append(math.log1p(math.exp(gap)) if form == "soft" else max(0.0, gap + margin))
     return sum(losses) / len(losses)

@@ -12,12 +12,12 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 def save_atomic(state: dict, path: PathLike) -> None:

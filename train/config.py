@@ -7,9 +7,10 @@ names the key, so a misspelt option never silently does nothing.
 from __future__ import annotations
 
 import dataclasses
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -34,8 +35,8 @@ class ModelConfig:
     pretrained: str = ""  # local path of ImageNet weights (a torchvision state_dict); "" = random init
     last_stride: int = 1
     head: str = "relation"  # relation (RGSA + RGTR) | avgpool (baseline)
-    hidden_channels: Optional[int] = None  # RGSA/RGTR hidden width H (None: C/8)
-    relation_channels: Optional[int] = None  # RGSA/RGTR relation width R (None: C/16)
+    hidden_channels: int | None = None  # RGSA/RGTR hidden width H (None: C/8)
+    relation_channels: int | None = None  # RGSA/RGTR relation width R (None: C/16)
     backend: str = "auto"  # fastrel backend for the relation modules
 
 
@@ -102,7 +103,7 @@ class ConfigError(ValueError):
     """A config file or override names an unknown key or gives a value of the wrong type."""
 
 
-def load_config(path: Optional[Union[str, Path]] = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
     """Defaults, then the YAML file at ``path`` (if any), then ``key.sub=value`` overrides."""
     config = Config()
     if path is not None:
@@ -167,7 +168,7 @@ def _field_names(node: Any) -> set[str]:
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """``value`` as the declared type ``hint``; int widens to float; anything else must match."""
     origin = get_origin(hint)
-    if origin is Union:
+    if origin is Union or origin is types.UnionType:
         options = get_args(hint)
         if value is None and type(None) in options:
             return None

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -66,7 +66,7 @@ class Trainer:
         config: Config,
         device: torch.device,
         output: Path,
-        evaluate: Optional[Callable[[nn.Module, int], dict]] = None,
+        evaluate: Callable[[nn.Module, int], dict] | None = None,
     ) -> None:
         self.config = config
         self.device = device
@@ -153,10 +153,17 @@ class Trainer:
             summary = self.train_epoch(epoch)
             self.scheduler.step()
             self.epoch = epoch + 1
-            summary.update(epoch=self.epoch, seconds=time.perf_counter() - start, lr=self.optimizer.param_groups[0]["lr"])
+            summary.update(
+                epoch=self.epoch, seconds=time.perf_counter() - start, lr=self.optimizer.param_groups[0]["lr"]
+            )
             self.save()
             period = self.config.eval.period
-            if self.evaluate is not None and period > 0 and self.epoch % period == 0 and self.epoch < self.config.optim.epochs:
+            if (
+                self.evaluate is not None
+                and period > 0
+                and self.epoch % period == 0
+                and self.epoch < self.config.optim.epochs
+            ):
                 summary.update(self.evaluate(self.model, self.epoch))
             if self.writer is not None:
                 for key, value in summary.items():

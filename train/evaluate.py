@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -61,7 +61,12 @@ def tracklet_feature(model: nn.Module, frames: Tensor, config: EvalConfig, devic
 
 
 def extract_features(
-    model: nn.Module, tracklets: Sequence, transform, config: Config, device: torch.device, progress: bool = False
+    model: nn.Module,
+    tracklets: Sequence,
+    transform,
+    config: Config,
+    device: torch.device,
+    progress: bool = False,
 ) -> Tensor:
     """(len(tracklets), C) embeddings, computed shard by shard over the ranks and gathered in order."""
     from train.data import ClipDataset
@@ -83,7 +88,9 @@ def extract_features(
         from tqdm import tqdm
 
         items = tqdm(loader, total=len(dataset), desc="features", leave=False)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.run.amp and device.type == "cuda")
+    autocast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=config.run.amp and device.type == "cuda"
+    )
     with autocast:
         for frames, _, _ in items:
             features.append(tracklet_feature(model, frames, config.eval, device))
@@ -102,7 +109,7 @@ def evaluate_model(
     dataset,
     config: Config,
     device: torch.device,
-    output: Optional[Path] = None,
+    output: Path | None = None,
     label: str = "model",
 ) -> dict:
     """Metrics of ``model`` on ``dataset``'s query/gallery (every rank gets them). With ``output``,

@@ -78,7 +78,9 @@ class ReIDLoss(nn.Module):
     def forward(self, output: ModelOutput, pids: Tensor) -> tuple[Tensor, dict[str, float]]:
         T = output.frame_logits.shape[1]
         frame_ce = F.cross_entropy(
-            output.frame_logits.flatten(0, 1).float(), pids.repeat_interleave(T), label_smoothing=self.smoothing
+            output.frame_logits.flatten(0, 1).float(),
+            pids.repeat_interleave(T),
+            label_smoothing=self.smoothing,
         )
         clip_ce = F.cross_entropy(output.clip_logits.float(), pids, label_smoothing=self.smoothing)
         triplet = self.triplet(all_gather_rows(output.clip_feature.float()), all_gather_rows(pids))

@@ -29,8 +29,12 @@ def evaluate(
     if distmat.ndim != 2:
         raise ValueError(f"distmat: expected a 2-D (num_q, num_g) array, got shape {distmat.shape}")
     num_q, num_g = distmat.shape
-    for name, arr, n in (("q_pids", q_pids, num_q), ("q_camids", q_camids, num_q),
-                         ("g_pids", g_pids, num_g), ("g_camids", g_camids, num_g)):
+    for name, arr, n in (
+        ("q_pids", q_pids, num_q),
+        ("q_camids", q_camids, num_q),
+        ("g_pids", g_pids, num_g),
+        ("g_camids", g_camids, num_g),
+    ):
         if arr.shape != (n,):
             raise ValueError(f"{name}: expected shape ({n},) to match distmat, got {arr.shape}")
     if not isinstance(max_rank, int) or max_rank < 1:

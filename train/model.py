@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torchvision
@@ -30,9 +29,9 @@ class ModelOutput:
 
     clip_feature: Tensor  # (B, C)
     embedding: Tensor  # (B, C)
-    frame_logits: Optional[Tensor] = None  # (B, T, classes), training only
-    clip_logits: Optional[Tensor] = None  # (B, classes), training only
-    attention: Optional[Tensor] = None  # (B, T, Hf, Wf) RGSA maps when asked for
+    frame_logits: Tensor | None = None  # (B, T, classes), training only
+    clip_logits: Tensor | None = None  # (B, classes), training only
+    attention: Tensor | None = None  # (B, T, Hf, Wf) RGSA maps when asked for
 
 
 class ResNetTrunk(nn.Module):
@@ -63,7 +62,9 @@ def _load_imagenet(net: nn.Module, path: str) -> None:
     """ImageNet weights from a local torchvision state_dict file; never downloads."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise ValueError(f"model.pretrained: expected the path of a local weights file, got {path!r} (not found)")
+        raise ValueError(
+            f"model.pretrained: expected the path of a local weights file, got {path!r} (not found)"
+        )
     state = torch.load(file, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
@@ -93,8 +94,8 @@ class VideoReIDModel(nn.Module):
         num_classes: int,
         *,
         head: str = "relation",
-        hidden_channels: Optional[int] = None,
-        relation_channels: Optional[int] = None,
+        hidden_channels: int | None = None,
+        relation_channels: int | None = None,
         backend: str = "auto",
     ) -> None:
         super().__init__()
@@ -113,7 +114,7 @@ class VideoReIDModel(nn.Module):
             nn.init.normal_(classifier.weight, std=0.001)
 
     def forward(
-        self, clips: Tensor, lengths: Optional[Tensor] = None, return_attention: bool = False
+        self, clips: Tensor, lengths: Tensor | None = None, return_attention: bool = False
     ) -> ModelOutput:
         if clips.dim() != 5:
             raise ValueError(f"clips: expected shape (B, T, 3, H, W), got {tuple(clips.shape)}")
@@ -133,7 +134,6 @@ class VideoReIDModel(nn.Module):
                 pooled = self.spatial(maps)
         else:
             pooled = maps.mean(dim=(2, 3))
-        C = pooled.shape[1]
         frame_features = _unflatten(pooled, B, T, mask)  # (B, T, C)
         if self.head == "relation":
             clip_feature, _ = self.temporal(frame_features, mask=mask)
@@ -157,7 +157,7 @@ class VideoReIDModel(nn.Module):
         )
 
 
-def _unflatten(rows: Tensor, B: int, T: int, mask: Optional[Tensor]) -> Tensor:
+def _unflatten(rows: Tensor, B: int, T: int, mask: Tensor | None) -> Tensor:
     """Rows of the valid frames back to (B, T, ...), zeros at padded frames."""
     if mask is None:
         return rows.view(B, T, *rows.shape[1:])

@@ -22,7 +22,9 @@ def plot_cmc(curves: dict[str, list[float]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 4))
     for label, cmc in curves.items():
         ranks = np.arange(1, len(cmc) + 1)
-        ax.plot(ranks, 100 * np.asarray(cmc), marker="o", markersize=3, label=f"{label} (R1 {100 * cmc[0]:.1f})")
+        ax.plot(
+            ranks, 100 * np.asarray(cmc), marker="o", markersize=3, label=f"{label} (R1 {100 * cmc[0]:.1f})"
+        )
     ax.set_xlabel("rank")
     ax.set_ylabel("matching rate (%)")
     ax.set_title("CMC")
@@ -48,7 +50,9 @@ def _frames_and_attention(model, tracklet, transform, config: Config, device, co
     display = [np.asarray(images[i].resize(size)) for i in shown]
     if out.attention is None:
         return display, [None] * len(shown)
-    maps = F.interpolate(out.attention[0].float()[:, None], size=size[::-1], mode="bilinear", align_corners=False)
+    maps = F.interpolate(
+        out.attention[0].float()[:, None], size=size[::-1], mode="bilinear", align_corners=False
+    )
     maps = maps[:, 0].cpu().numpy()
     return display, [maps[i] for i in shown]
 
@@ -66,14 +70,28 @@ def plot_ranking(model, dataset, distmat: np.ndarray, transform, config: Config,
     for row, qi in enumerate(queries):
         query = dataset.query[qi]
         q_imgs, q_maps = _frames_and_attention(model, query, transform, config, device, query_frames)
-        cells = [(img, amap, f"query\npid {query.pid} cam {query.camid}", "black") for img, amap in zip(q_imgs, q_maps)]
+        cells = [
+            (img, amap, f"query\npid {query.pid} cam {query.camid}", "black")
+            for img, amap in zip(q_imgs, q_maps, strict=True)
+        ]
         order = np.argsort(distmat[qi], kind="stable")
-        keep = [g for g in order if not (dataset.gallery[g].pid == query.pid and dataset.gallery[g].camid == query.camid)]
+        keep = [
+            g
+            for g in order
+            if not (dataset.gallery[g].pid == query.pid and dataset.gallery[g].camid == query.camid)
+        ]
         for rank, gi in enumerate(keep[:top_k], start=1):
             item = dataset.gallery[gi]
             imgs, maps = _frames_and_attention(model, item, transform, config, device, 1)
             colour = "limegreen" if item.pid == query.pid else "red"
-            cells.append((imgs[0], maps[0], f"#{rank} d={distmat[qi, gi]:.2f}\npid {item.pid} cam {item.camid}", colour))
+            cells.append(
+                (
+                    imgs[0],
+                    maps[0],
+                    f"#{rank} d={distmat[qi, gi]:.2f}\npid {item.pid} cam {item.camid}",
+                    colour,
+                )
+            )
         for col in range(cols):
             ax = axes[row, col]
             ax.set_xticks([])

@@ -13,7 +13,6 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -54,7 +53,10 @@ def train_loader(dataset, config: Config, device: torch.device) -> DataLoader:
             f"data.P * data.K: expected a multiple of the number of processes ({world}), got {global_batch}"
         )
     clips = ClipDataset(
-        dataset.train, config.data.seq_len, "random", build_transform(config.data.height, config.data.width, train=True)
+        dataset.train,
+        config.data.seq_len,
+        "random",
+        build_transform(config.data.height, config.data.width, train=True),
     )
     sampler = PKSampler(
         [t.pid for t in dataset.train],
@@ -74,7 +76,7 @@ def train_loader(dataset, config: Config, device: torch.device) -> DataLoader:
     )
 
 
-def run(config: Config, resume: Optional[str] = None) -> dict:
+def run(config: Config, resume: str | None = None) -> dict:
     """Train (unless ``run.eval_only``) and evaluate; the metrics (on every rank)."""
     device = resolve_device(config.run.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
@@ -90,8 +92,14 @@ def run(config: Config, resume: Optional[str] = None) -> dict:
     if rank == 0:
         print(dataset.summary(), flush=True)
     model = build_model(config.model, dataset.num_train_pids)
-    trainer = Trainer(model, train_loader(dataset, config, device), config, device, output,
-                      evaluate=lambda m, epoch: _periodic(m, dataset, config, device, epoch))
+    trainer = Trainer(
+        model,
+        train_loader(dataset, config, device),
+        config,
+        device,
+        output,
+        evaluate=lambda m, epoch: _periodic(m, dataset, config, device, epoch),
+    )
     if resume is not None:
         path = Path(resume) if resume else output / CHECKPOINT_NAME
         trainer.resume(path)
@@ -117,11 +125,15 @@ def _periodic(model, dataset, config: Config, device, epoch: int) -> dict:
     return {"eval/mAP": metrics["mAP"], "eval/rank1": metrics["cmc"][0]}
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML file over the defaults (train/config.py)")
     parser.add_argument(
-        "--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="CHECKPOINT",
         help="continue from CHECKPOINT (default: <run.output>/last.pt)",
     )
     parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. optim.epochs=10 model.head=avgpool")
