@@ -8,9 +8,8 @@ import glob
 import os
 import sys
 
-from setuptools import setup
-
 import torch
+from setuptools import setup
 from torch.utils import cpp_extension
 
 

@@ -43,7 +43,7 @@ def derivative(x: torch.Tensor, name: str) -> torch.Tensor:
     if name == "relu":
         return (x > 0).to(x.dtype)
     if name == "leaky_relu":
-        return torch.where(x > 0, 1.0, LEAKY_SLOPE).to(x.dtype)
+        return torch.where(x > 0, x.new_tensor(1.0), x.new_tensor(LEAKY_SLOPE))
     if name == "abs":
         return torch.sign(x)
     if name == "identity":

@@ -8,8 +8,9 @@ at all (built, importable); ``refusal`` says why it cannot take one particular c
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 

@@ -1,0 +1,71 @@
+"""``python -m fastrel.info``: versions, and for each backend whether it can run here or why not."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+import torch
+
+from fastrel.backends import BACKENDS
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+    except ImportError as error:
+        return f"not importable ({error})"
+    return triton.__version__
+
+
+def _native() -> str:
+    try:
+        from fastrel import _C
+    except ImportError as error:
+        return f"not built ({error})"
+    return "built with CUDA kernels" if getattr(_C, "cuda", False) else "built (C++ CPU kernels only)"
+
+
+def report() -> str:
+    """The text printed by ``python -m fastrel.info``."""
+    from fastrel import __version__
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    lines = [
+        f"fastrel {__version__}",
+        f"python {platform.python_version()}, torch {torch.__version__}, triton {_triton_version()}",
+        f"torch CUDA {torch.version.cuda or 'none (CPU build)'}, GPU: {device}",
+        f"fastrel._C: {_native()}",
+        "",
+        f"{'backend':<10} {'status':<11} devices / dtypes / activations",
+    ]
+    for backend in BACKENDS.values():
+        status = "available" if backend.unavailable is None else "unavailable"
+        dtypes = ",".join(str(d).removeprefix("torch.") for d in backend.dtypes)
+        lines.append(
+            f"{backend.name:<10} {status:<11} {','.join(backend.devices)} / {dtypes} / "
+            f"inner {','.join(backend.inner)}; outer {','.join(backend.outer)}"
+        )
+        lines.append(f"{'':<22} {backend.summary}")
+        if backend.unavailable is not None:
+            lines.append(f"{'':<22} why not: {backend.unavailable}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the report; with ``--require a,b`` exit 1 unless those backends are available."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fastrel.info", description=__doc__)
+    parser.add_argument("--require", default="", help="comma-separated backends that must be available")
+    args = parser.parse_args(argv)
+    print(report())
+    missing = [n for n in args.require.split(",") if n and (n not in BACKENDS or BACKENDS[n].unavailable)]
+    if missing:
+        print(f"required backends unavailable: {missing}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
