@@ -106,6 +106,12 @@ class VideoReIDModel(nn.Module):
         if head == "relation":
             self.spatial = fastrel.RGSA(channels, hidden_channels, relation_channels, backend=backend)
             self.temporal = fastrel.RGTR(channels, hidden_channels, relation_channels, backend=backend)
+            # Shifts these biases cause are undone downstream (the BN after them, the softmax over
+            # positions, the clip BNNeck and the triplet distances): their gradient is identically
+            # zero, and Adam would only turn rounding noise into steps of size lr. Keep them fixed.
+            for bias in (self.spatial.score.bias, self.spatial.norm.bias, self.temporal.refine.bias,
+                         self.temporal.norm.bias):
+                bias.requires_grad_(False)
         self.frame_neck = _bnneck(channels)
         self.clip_neck = _bnneck(channels)
         self.frame_classifier = nn.Linear(channels, num_classes, bias=False)

@@ -36,7 +36,7 @@ def load_data(config: Config):
     from train.data import generate_synthetic, load_dataset
 
     root = Path(config.data.root)
-    if config.data.name == "synthetic" and not root.exists():
+    if config.data.name == "synthetic" and not (root / "info" / "query_IDX.mat").is_file():
         if distributed.rank() == 0:
             generate_synthetic(root, seed=config.run.seed)
         distributed.barrier()
@@ -47,11 +47,12 @@ def train_loader(dataset, config: Config, device: torch.device) -> DataLoader:
     from train.data import ClipDataset, PKSampler, build_transform
 
     world = distributed.world_size()
-    global_batch = config.data.P * config.data.K
-    if global_batch % world:
+    if config.data.P % world:
         raise ValueError(
-            f"data.P * data.K: expected a multiple of the number of processes ({world}), got {global_batch}"
+            f"data.P: expected a multiple of the number of processes ({world}) so each rank holds "
+            f"P/{world} identities of the global batch, got {config.data.P}"
         )
+    per_rank = config.data.P // world
     clips = ClipDataset(
         dataset.train,
         config.data.seq_len,
@@ -60,7 +61,7 @@ def train_loader(dataset, config: Config, device: torch.device) -> DataLoader:
     )
     sampler = PKSampler(
         [t.pid for t in dataset.train],
-        config.data.P,
+        per_rank,
         config.data.K,
         seed=config.run.seed,
         rank=distributed.rank(),
@@ -68,7 +69,7 @@ def train_loader(dataset, config: Config, device: torch.device) -> DataLoader:
     )
     return DataLoader(
         clips,
-        batch_size=global_batch // world,
+        batch_size=per_rank * config.data.K,
         sampler=sampler,
         num_workers=config.data.workers,
         drop_last=True,
