@@ -2,6 +2,7 @@
 feature extraction gathers the shards in order."""
 
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,9 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from train.config import Config
+from train.data import Tracklet, build_transform
 from train.engine import Trainer
+from train.evaluate import extract_features
 from train.model import VideoReIDModel
 
 WORLD = 2
@@ -38,7 +41,32 @@ def tiny_config() -> Config:
     config = Config()
     config.optim.lr = 1e-3
     config.run.progress = False
+    config.data.workers = 0
+    config.eval.chunk_len = 4
     return config
+
+
+def write_tracklets(folder) -> list[Tracklet]:
+    """Five tracklets of 3..7 random 8×4 images (an odd count, so the shards differ in size)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(2)
+    tracklets = []
+    for t, length in enumerate([3, 7, 5, 4, 6]):
+        paths = []
+        for f in range(length):
+            pixels = torch.randint(0, 256, (8, 4, 3), generator=g, dtype=torch.uint8).numpy()
+            path = f"{folder}/t{t}_f{f}.png"
+            Image.fromarray(pixels).save(path)
+            paths.append(path)
+        tracklets.append(Tracklet(tuple(paths), pid=t, camid=t % 2))
+    return tracklets
+
+
+def features(tracklets: list[Tracklet]) -> torch.Tensor:
+    return extract_features(
+        tiny_model().eval(), tracklets, build_transform(8, 4, train=False), tiny_config(), torch.device("cpu")
+    )
 
 
 def free_port() -> int:
@@ -56,14 +84,19 @@ def _ddp_step(rank: int, port: int, folder: str) -> None:
         rows = slice(rank * len(pids) // WORLD, (rank + 1) * len(pids) // WORLD)
         parts = trainer.train_step(clips[rows], pids[rows])
         grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
-        torch.save({"loss": parts["loss"], "grads": grads, "state": trainer.model.state_dict()}, f"{folder}/{rank}.pt")
+        result = {"loss": parts["loss"], "grads": grads, "state": trainer.model.state_dict()}
+        (images := Path(folder) / f"images{rank}").mkdir()
+        result["features"] = features(write_tracklets(images))
+        torch.save(result, f"{folder}/{rank}.pt")
         trainer.close()
     finally:
         dist.destroy_process_group()
 
 
-def test_two_process_ddp_step_equals_single_process_step(tmp_path):
+def test_two_process_ddp_step_and_feature_extraction_equal_single_process(tmp_path):
     torch.set_num_threads(1)
+    (tmp_path / "images").mkdir()
+    expected_features = features(write_tracklets(tmp_path / "images"))
     single = Trainer(tiny_model(), [], tiny_config(), torch.device("cpu"), tmp_path / "single")
     clips, pids = global_batch()
     loss = single.train_step(clips, pids)["loss"]
@@ -81,3 +114,5 @@ def test_two_process_ddp_step_equals_single_process_step(tmp_path):
     for name, value in single.model.state_dict().items():
         for r in ranks:
             torch.testing.assert_close(r["state"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+    for r in ranks:  # every rank extracted its shard and received all of them, in order
+        torch.testing.assert_close(r["features"], expected_features, rtol=1e-5, atol=1e-6)

@@ -125,9 +125,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                momentum = (
-                    self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                )
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 unbiased = var * (total / (total - 1).clamp(min=1))
                 self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
                 self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), momentum)

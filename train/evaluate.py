@@ -88,9 +88,7 @@ def extract_features(
         from tqdm import tqdm
 
         items = tqdm(loader, total=len(dataset), desc="features", leave=False)
-    autocast = torch.autocast(
-        device.type, dtype=torch.bfloat16, enabled=config.run.amp and device.type == "cuda"
-    )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.run.amp and device.type == "cuda")
     with autocast:
         for frames, _, _ in items:
             features.append(tracklet_feature(model, frames, config.eval, device))

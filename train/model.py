@@ -62,9 +62,7 @@ def _load_imagenet(net: nn.Module, path: str) -> None:
     """ImageNet weights from a local torchvision state_dict file; never downloads."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise ValueError(
-            f"model.pretrained: expected the path of a local weights file, got {path!r} (not found)"
-        )
+        raise ValueError(f"model.pretrained: expected the path of a local weights file, got {path!r} (not found)")
     state = torch.load(file, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
@@ -97,6 +95,7 @@ class VideoReIDModel(nn.Module):
         hidden_channels: int | None = None,
         relation_channels: int | None = None,
         backend: str = "auto",
+        identity_init: bool = True,
     ) -> None:
         super().__init__()
         if head not in HEADS:
@@ -109,9 +108,15 @@ class VideoReIDModel(nn.Module):
             # Shifts these biases cause are undone downstream (the BN after them, the softmax over
             # positions, the clip BNNeck and the triplet distances): their gradient is identically
             # zero, and Adam would only turn rounding noise into steps of size lr. Keep them fixed.
-            for bias in (self.spatial.score.bias, self.spatial.norm.bias, self.temporal.refine.bias,
-                         self.temporal.norm.bias):
+            for bias in (
+                self.spatial.score.bias,
+                self.spatial.norm.bias,
+                self.temporal.refine.bias,
+                self.temporal.norm.bias,
+            ):
                 bias.requires_grad_(False)
+            if identity_init:
+                self._identity_init(channels)
         self.frame_neck = _bnneck(channels)
         self.clip_neck = _bnneck(channels)
         self.frame_classifier = nn.Linear(channels, num_classes, bias=False)
@@ -119,9 +124,17 @@ class VideoReIDModel(nn.Module):
         for classifier in (self.frame_classifier, self.clip_classifier):
             nn.init.normal_(classifier.weight, std=0.001)
 
-    def forward(
-        self, clips: Tensor, lengths: Tensor | None = None, return_attention: bool = False
-    ) -> ModelOutput:
+    @torch.no_grad()
+    def _identity_init(self, channels: int) -> None:
+        """Start RGSA as average pooling (zero BN scale: all scores equal) and RGTR as the identity
+        refinement (FC = [I 0]), so the untrained head passes the backbone's features through
+        unscrambled and learns to use the relations from there (as zero-γ residual inits do)."""
+        nn.init.zeros_(self.spatial.norm.weight)
+        weight = self.temporal.refine.weight  # (C, C + R)
+        weight.zero_()
+        weight[:, :channels].copy_(torch.eye(channels))
+
+    def forward(self, clips: Tensor, lengths: Tensor | None = None, return_attention: bool = False) -> ModelOutput:
         if clips.dim() != 5:
             raise ValueError(f"clips: expected shape (B, T, 3, H, W), got {tuple(clips.shape)}")
         if lengths is not None and self.training:
@@ -182,4 +195,5 @@ def build_model(config: ModelConfig, num_classes: int) -> VideoReIDModel:
         hidden_channels=config.hidden_channels,
         relation_channels=config.relation_channels,
         backend=config.backend,
+        identity_init=config.identity_init,
     )

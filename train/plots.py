@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from train.config import Config  # noqa: E402
@@ -22,9 +23,8 @@ def plot_cmc(curves: dict[str, list[float]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 4))
     for label, cmc in curves.items():
         ranks = np.arange(1, len(cmc) + 1)
-        ax.plot(
-            ranks, 100 * np.asarray(cmc), marker="o", markersize=3, label=f"{label} (R1 {100 * cmc[0]:.1f})"
-        )
+        ax.plot(ranks, 100 * np.asarray(cmc), marker="o", markersize=3, label=f"{label} (R1 {100 * cmc[0]:.1f})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("rank")
     ax.set_ylabel("matching rate (%)")
     ax.set_title("CMC")
@@ -50,9 +50,7 @@ def _frames_and_attention(model, tracklet, transform, config: Config, device, co
     display = [np.asarray(images[i].resize(size)) for i in shown]
     if out.attention is None:
         return display, [None] * len(shown)
-    maps = F.interpolate(
-        out.attention[0].float()[:, None], size=size[::-1], mode="bilinear", align_corners=False
-    )
+    maps = F.interpolate(out.attention[0].float()[:, None], size=size[::-1], mode="bilinear", align_corners=False)
     maps = maps[:, 0].cpu().numpy()
     return display, [maps[i] for i in shown]
 
@@ -76,9 +74,7 @@ def plot_ranking(model, dataset, distmat: np.ndarray, transform, config: Config,
         ]
         order = np.argsort(distmat[qi], kind="stable")
         keep = [
-            g
-            for g in order
-            if not (dataset.gallery[g].pid == query.pid and dataset.gallery[g].camid == query.camid)
+            g for g in order if not (dataset.gallery[g].pid == query.pid and dataset.gallery[g].camid == query.camid)
         ]
         for rank, gi in enumerate(keep[:top_k], start=1):
             item = dataset.gallery[gi]

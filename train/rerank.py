@@ -21,8 +21,7 @@ def k_reciprocal_rerank(
     num_q, num_g = q_g.shape
     if q_q.shape != (num_q, num_q) or g_g.shape != (num_g, num_g):
         raise ValueError(
-            f"q_q, g_g: expected shapes ({num_q}, {num_q}) and ({num_g}, {num_g}), "
-            f"got {q_q.shape}, {g_g.shape}"
+            f"q_q, g_g: expected shapes ({num_q}, {num_q}) and ({num_g}, {num_g}), got {q_q.shape}, {g_g.shape}"
         )
     for name, k in (("k1", k1), ("k2", k2)):
         if not isinstance(k, int) or k < 1:
