@@ -25,7 +25,7 @@ def tiny_model(num_classes: int = 4) -> VideoReIDModel:
         nn.Conv2d(3, 8, 3, padding=1),
         nn.BatchNorm2d(8),
         nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False),
     )
     return VideoReIDModel(backbone, 16, num_classes, hidden_channels=8, relation_channels=4)
 

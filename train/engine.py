@@ -191,18 +191,24 @@ class Trainer:
             checkpoint.save_atomic(state, self.output / CHECKPOINT_NAME)
         distributed.barrier()
 
-    def resume(self, path: Path) -> None:
-        """Continue from the checkpoint at ``path`` exactly where the run that wrote it stopped."""
+    def resume(self, path: Path, restore_rng: bool = True) -> None:
+        """Continue from the checkpoint at ``path`` exactly where the run that wrote it stopped.
+
+        ``restore_rng=False`` loads the states but not the RNGs (any number of processes), for
+        evaluation of a finished run.
+        """
         state = checkpoint.load(path)
-        if len(state["rng"]) != self.world_size:
+        if restore_rng and len(state["rng"]) != self.world_size:
             raise ValueError(
-                f"resume: {path} was written by {len(state['rng'])} processes, this run has {self.world_size}"
+                f"resume: {path} was written by {len(state['rng'])} processes, this run has {self.world_size}; "
+                "an exact continuation needs the same number"
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
-        checkpoint.set_rng_state(state["rng"][self.rank])
+        if restore_rng:
+            checkpoint.set_rng_state(state["rng"][self.rank])
 
     def close(self) -> None:
         if self.writer is not None:

@@ -133,6 +133,7 @@ class VideoReIDModel(nn.Module):
         weight = self.temporal.refine.weight  # (C, C + R)
         weight.zero_()
         weight[:, :channels].copy_(torch.eye(channels))
+        self.temporal.refine.bias.zero_()
 
     def forward(self, clips: Tensor, lengths: Tensor | None = None, return_attention: bool = False) -> ModelOutput:
         if clips.dim() != 5:

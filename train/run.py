@@ -103,7 +103,7 @@ def run(config: Config, resume: str | None = None) -> dict:
     )
     if resume is not None:
         path = Path(resume) if resume else output / CHECKPOINT_NAME
-        trainer.resume(path)
+        trainer.resume(path, restore_rng=not config.run.eval_only)
         if rank == 0:
             print(f"resumed from {path} at epoch {trainer.epoch}", flush=True)
     start = time.perf_counter()
