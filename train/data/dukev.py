@@ -30,7 +30,9 @@ def _read_subset(subset_dir: Path) -> list[Tracklet]:
             for image in images:
                 match = DUKE_NAME.match(image.name)
                 if match is None:
-                    raise ValueError(f"{image}: not a DukeMTMC-VideoReID frame name (<pid>_C<cam>_F<frame>...)")
+                    raise ValueError(
+                        f"{image}: not a DukeMTMC-VideoReID frame name (<pid>_C<cam>_F<frame>...)"
+                    )
                 if int(match.group(1)) != pid:
                     raise ValueError(f"{image}: pid in the file name differs from its folder's pid {pid}")
                 cams.add(int(match.group(2)))
@@ -51,6 +53,9 @@ def read_dukev(root: str | Path, *, protocol: str = "torchreid") -> VideoDataset
     if not (root / "train").is_dir() and (root / RELEASE_FOLDER).is_dir():
         root = root / RELEASE_FOLDER
     subsets = {
-        s: _read_subset(require_dir(root / s, f"DukeMTMC-VideoReID {s} folder")) for s in ("train", "query", "gallery")
+        s: _read_subset(require_dir(root / s, f"DukeMTMC-VideoReID {s} folder"))
+        for s in ("train", "query", "gallery")
     }
-    return VideoDataset("dukev", relabel(subsets["train"]), subsets["query"], subsets["gallery"], protocol=protocol)
+    return VideoDataset(
+        "dukev", relabel(subsets["train"]), subsets["query"], subsets["gallery"], protocol=protocol
+    )

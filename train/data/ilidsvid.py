@@ -31,12 +31,16 @@ def read_ilidsvid(root: str | Path, *, split_id: int = 0, protocol: str = "torch
     others = sorted(p.name for p in cam_dirs[1].iterdir() if p.is_dir())
     if persons != others:
         differ = sorted(set(persons) ^ set(others))[:5]
-        raise ValueError(f"{cam_dirs[0]} and {cam_dirs[1]} must hold the same person folders; they differ on {differ}")
+        raise ValueError(
+            f"{cam_dirs[0]} and {cam_dirs[1]} must hold the same person folders; they differ on {differ}"
+        )
 
     splits_path = root / SPLITS_FILE
     splits = load_int_matrix(splits_path, "ls_set", "iLIDS-VID splits")
     if splits.shape[1] < 2 or splits.shape[1] % 2:
-        raise ValueError(f"{splits_path}: ls_set needs an even number of persons per split, got shape {splits.shape}")
+        raise ValueError(
+            f"{splits_path}: ls_set needs an even number of persons per split, got shape {splits.shape}"
+        )
     if not 0 <= split_id < splits.shape[0]:
         raise ValueError(f"split_id must be in 0..{splits.shape[0] - 1} for {splits_path}, got {split_id}")
     row = splits[split_id]

@@ -45,7 +45,9 @@ def _read_names(path: Path) -> list[str]:
 def _load_track_info(path: Path, key: str, num_names: int) -> np.ndarray:
     table = load_int_matrix(path, key, "MARS tracklet table")
     if table.shape[1] != 4:
-        raise ValueError(f"{path}: {key!r} must have 4 columns [start, end, pid, camid], got shape {table.shape}")
+        raise ValueError(
+            f"{path}: {key!r} must have 4 columns [start, end, pid, camid], got shape {table.shape}"
+        )
     start, end = table[:, 0], table[:, 1]
     bad = np.flatnonzero((start < 1) | (end < start) | (end > num_names))
     if bad.size:
@@ -57,7 +59,9 @@ def _load_track_info(path: Path, key: str, num_names: int) -> np.ndarray:
     return table
 
 
-def _tracklets(table: np.ndarray, names: list[str], image_dir: Path, table_path: Path) -> list[Tracklet | None]:
+def _tracklets(
+    table: np.ndarray, names: list[str], image_dir: Path, table_path: Path
+) -> list[Tracklet | None]:
     """One Tracklet per table row (None for junk rows), frames sorted by frame number."""
     tracklets: list[Tracklet | None] = []
     for row, (start, end, pid, camid) in enumerate(table.tolist()):
@@ -71,7 +75,9 @@ def _tracklets(table: np.ndarray, names: list[str], image_dir: Path, table_path:
                 raise ValueError(f"{table_path}: row {row} lists {name!r}, which is not a MARS image name")
             name_pid = JUNK_PID if match.group(1) == "00-1" else int(match.group(1))
             if (name_pid, int(match.group(2))) != (pid, camid):
-                raise ValueError(f"{table_path}: row {row} has pid {pid} camera {camid} but lists image {name!r}")
+                raise ValueError(
+                    f"{table_path}: row {row} has pid {pid} camera {camid} but lists image {name!r}"
+                )
         paths = [image_dir / name[:4] / name for name in row_names]
         tracklets.append(Tracklet(sort_by_frame_number(paths, MARS_FRAME), pid, camid - 1))
     return tracklets
@@ -112,5 +118,7 @@ def read_mars(root: str | Path, *, protocol: str = "torchreid", name: str = "mar
             raise ValueError(f"{query_path}: query row {row + 1} is a junk (pid -1) tracklet")
         query.append(tracklet)
     is_query = set(query_rows.tolist())
-    gallery = [t for row, t in enumerate(test) if t is not None and (protocol == "official" or row not in is_query)]
+    gallery = [
+        t for row, t in enumerate(test) if t is not None and (protocol == "official" or row not in is_query)
+    ]
     return VideoDataset(name, relabel(train), query, gallery, protocol=protocol)

@@ -26,7 +26,9 @@ def load_int_matrix(path: Path, key: str, what: str) -> np.ndarray:
         raise ValueError(f"{path}: expected a variable {key!r} in {what}, found {found}")
     value = np.asarray(content[key])
     if value.ndim != 2 or not np.issubdtype(value.dtype, np.number):
-        raise ValueError(f"{path}: {key!r} must be a numeric 2-D array, got dtype {value.dtype} shape {value.shape}")
+        raise ValueError(
+            f"{path}: {key!r} must be a numeric 2-D array, got dtype {value.dtype} shape {value.shape}"
+        )
     if value.size and not np.all(np.isfinite(value) & (value == np.round(value))):
         raise ValueError(f"{path}: {key!r} must hold integers only")
     return value.astype(np.int64)

@@ -14,7 +14,9 @@ from train.data.tracklet import PROTOCOLS, VideoDataset
 DATASETS = ("mars", "dukev", "ilidsvid", "prid2011", "synthetic")
 
 
-def load_dataset(name: str, root: str | Path, *, split_id: int = 0, protocol: str = "torchreid") -> VideoDataset:
+def load_dataset(
+    name: str, root: str | Path, *, split_id: int = 0, protocol: str = "torchreid"
+) -> VideoDataset:
     """Read dataset `name` from `root`, the folder holding its released layout.
 
     mars: bbox_train/, bbox_test/, info/. dukev: train/, query/, gallery/ (or DukeMTMC-VideoReID/

@@ -19,7 +19,9 @@ class PKSampler(Sampler[int]):
     batch_size is P·K; `len(sampler)` is the number of indices one rank yields per epoch.
     """
 
-    def __init__(self, pids: Sequence[int], P: int, K: int, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, pids: Sequence[int], P: int, K: int, *, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         if P < 1 or K < 1:
             raise ValueError(f"P and K must be at least 1, got P={P}, K={K}")
         if world_size < 1 or not 0 <= rank < world_size:

@@ -152,7 +152,9 @@ def _scene(rng: np.random.Generator, camera: Camera, length: int, occlusion_p: f
     clutter = []
     for _ in range(camera.clutter):
         y0, x0 = rng.uniform(0, 0.9), rng.uniform(-0.3, 1.0)
-        clutter.append((y0, x0, y0 + rng.uniform(0.05, 0.4), x0 + rng.uniform(0.1, 0.5), PALETTE[rng.integers(14)]))
+        clutter.append(
+            (y0, x0, y0 + rng.uniform(0.05, 0.4), x0 + rng.uniform(0.1, 0.5), PALETTE[rng.integers(14)])
+        )
     occluder = None
     if rng.random() < occlusion_p and length > 1:
         span = max(1, int(round(length * rng.uniform(0.25, 0.6))))
@@ -399,5 +401,7 @@ def _choose_queries(rows: list[tuple[int, int, int, int]], rng: np.random.Genera
     for pid in sorted(by_pid):
         cams = sorted(by_pid[pid])
         chosen = rng.choice(len(cams), min(2, len(cams) - 1), replace=False)
-        queries += [by_pid[pid][cams[i]][int(rng.integers(len(by_pid[pid][cams[i]])))] for i in sorted(chosen)]
+        queries += [
+            by_pid[pid][cams[i]][int(rng.integers(len(by_pid[pid][cams[i]])))] for i in sorted(chosen)
+        ]
     return sorted(queries)

@@ -44,7 +44,9 @@ class ClipTransform:
         self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
-    def __call__(self, images: Sequence[Image.Image], generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, images: Sequence[Image.Image], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         if len(images) == 0:
             raise ValueError("a clip needs at least one image, got an empty list")
         size = (self.width, self.height)
