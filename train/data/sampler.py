@@ -15,8 +15,9 @@ class PKSampler(Sampler[int]):
     rank r the identities at positions (s·W + r)·P … (s·W + r + 1)·P - 1 of it, so the ranks of one
     step hold disjoint identities. The permutation wraps around at the end so every identity is
     used each epoch and every rank yields the same number of full batches. Each identity brings K
-    of its tracklets (drawn with replacement when it has fewer than K). Use with a DataLoader whose
-    batch_size is P·K; `len(sampler)` is the number of indices one rank yields per epoch.
+    of its tracklets: K distinct ones, or, when it has fewer, all of them plus repeats drawn with
+    replacement. Use with a DataLoader whose batch_size is P·K; `len(sampler)` is the number of
+    indices one rank yields per epoch.
     """
 
     def __init__(
@@ -26,11 +27,11 @@ class PKSampler(Sampler[int]):
             raise ValueError(f"P and K must be at least 1, got P={P}, K={K}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        self.by_identity: dict[int, np.ndarray] = {}
+        members: dict[int, list[int]] = {}
         for index, pid in enumerate(pids):
-            self.by_identity.setdefault(int(pid), []).append(index)
-        self.identities = sorted(self.by_identity)
-        self.by_identity = {pid: np.asarray(ix) for pid, ix in self.by_identity.items()}
+            members.setdefault(int(pid), []).append(index)
+        self.identities = sorted(members)
+        self.by_identity = {pid: np.asarray(indices) for pid, indices in members.items()}
         if len(self.identities) < P * world_size:
             raise ValueError(
                 f"P·world_size = {P}·{world_size} distinct identities are needed per step, "
@@ -61,7 +62,11 @@ class PKSampler(Sampler[int]):
         draws = []
         for slot in order:
             members = self.by_identity[self.identities[slot]]
-            draws.append(rng.choice(members, self.K, replace=len(members) < self.K))
+            if len(members) >= self.K:
+                draws.append(rng.choice(members, self.K, replace=False))
+            else:
+                refill = rng.choice(members, self.K - len(members), replace=True)
+                draws.append(np.concatenate([rng.permutation(members), refill]))
         for step in range(self.steps):
             first = (step * self.world_size + self.rank) * self.P
             for slot in range(first, first + self.P):

@@ -40,7 +40,7 @@ PALETTE = np.array(
 SKIN = np.array([(0.96, 0.80, 0.69), (0.87, 0.67, 0.50), (0.65, 0.45, 0.30), (0.40, 0.27, 0.18)])
 PATTERNS = ("solid", "hstripes", "vstripes", "checks", "two_tone", "logo")
 BOTTOMS = ("trousers", "shorts", "skirt")
-ACCESSORIES = ("none", "backpack", "shoulder_bag", "none_hat")
+ACCESSORIES = ("none", "backpack", "shoulder_bag")
 TEXTURES = ("plain", "bricks", "tiles")
 MAT_HEADER = b"MATLAB 5.0 MAT-file, synthetic MARS-layout re-ID data".ljust(116, b" ")
 
@@ -79,6 +79,17 @@ class Camera:
 
 
 @dataclass(frozen=True)
+class Occluder:
+    """Something between camera and person for frames first..stop-1: a pole, a low wall or a passer-by."""
+
+    kind: str
+    first: int
+    stop: int
+    colour: np.ndarray
+    size: float
+
+
+@dataclass(frozen=True)
 class Scene:
     """Per-tracklet state: clutter boxes, walking direction and pace, and an optional occluder."""
 
@@ -88,7 +99,7 @@ class Scene:
     pace: float
     drift: float
     light: float
-    occluder: tuple[str, int, int, np.ndarray, float] | None
+    occluder: Occluder | None
 
 
 def _jitter(rng: np.random.Generator, colour: np.ndarray, amount: float = 0.05) -> np.ndarray:
@@ -104,10 +115,11 @@ def _appearances(rng: np.random.Generator, count: int) -> list[Appearance]:
         pattern = PATTERNS[rng.integers(len(PATTERNS))]
         bottom_style = BOTTOMS[rng.integers(len(BOTTOMS))]
         accessory = ACCESSORIES[rng.integers(len(ACCESSORIES))]
+        hat = bool(rng.random() < 0.25)
         if pattern != "solid" and top2 == top:
             continue
-        signature = (top, top2 if pattern != "solid" else -1, pattern, bottom, bottom_style, accessory)
-        if signature in seen and len(seen) < 100_000:
+        signature = (top, top2 if pattern != "solid" else -1, pattern, bottom, bottom_style, accessory, hat)
+        if signature in seen:
             continue
         seen.add(signature)
         people.append(
@@ -120,9 +132,9 @@ def _appearances(rng: np.random.Generator, count: int) -> list[Appearance]:
                 bottom=_jitter(rng, PALETTE[bottom]),
                 bottom_style=bottom_style,
                 shoes=_jitter(rng, PALETTE[rng.choice([11, 9, 12, 10])], 0.05),
-                accessory=accessory.removesuffix("_hat"),
+                accessory=accessory,
                 accessory_colour=_jitter(rng, PALETTE[acc]),
-                hat=accessory == "none_hat",
+                hat=hat,
                 build=float(rng.uniform(0.8, 1.25)),
                 stature=float(rng.uniform(0.9, 1.05)),
             )
@@ -152,21 +164,15 @@ def _scene(rng: np.random.Generator, camera: Camera, length: int, occlusion_p: f
     clutter = []
     for _ in range(camera.clutter):
         y0, x0 = rng.uniform(0, 0.9), rng.uniform(-0.3, 1.0)
-        clutter.append(
-            (y0, x0, y0 + rng.uniform(0.05, 0.4), x0 + rng.uniform(0.1, 0.5), PALETTE[rng.integers(14)])
-        )
+        y1, x1 = y0 + rng.uniform(0.05, 0.4), x0 + rng.uniform(0.1, 0.5)
+        clutter.append((y0, x0, y1, x1, PALETTE[rng.integers(len(PALETTE))]))
     occluder = None
     if rng.random() < occlusion_p and length > 1:
         span = max(1, int(round(length * rng.uniform(0.25, 0.6))))
         first = int(rng.integers(0, length - span + 1))
         kind = ("pole", "low_wall", "passer_by")[rng.integers(3)]
-        occluder = (
-            kind,
-            first,
-            first + span,
-            _jitter(rng, PALETTE[rng.integers(14)]),
-            float(rng.uniform(0.3, 0.45)),
-        )
+        colour = _jitter(rng, PALETTE[rng.integers(len(PALETTE))])
+        occluder = Occluder(kind, first, first + span, colour, float(rng.uniform(0.3, 0.45)))
     return Scene(
         clutter=clutter,
         direction=1 if rng.random() < 0.5 else -1,
@@ -190,8 +196,7 @@ def _background(camera: Camera, scene: Scene, t: int, grid: tuple[np.ndarray, np
         tiles = ((np.floor(xs * 5) + np.floor(yy * 10)) % 2 == 0) & (yy >= camera.horizon)
         img = np.where(tiles[..., None], img * 0.75, img)
     for y0, x0, y1, x1, colour in scene.clutter:
-        box = (yy >= y0) & (yy < y1) & (xs >= x0) & (xs < x1)
-        img = np.where(box[..., None], colour * 0.85, img)
+        img[(yy >= y0) & (yy < y1) & (xs >= x0) & (xs < x1)] = colour * 0.85
     return img
 
 
@@ -199,9 +204,17 @@ def _paint(img: np.ndarray, mask: np.ndarray, colour: np.ndarray | float) -> Non
     img[mask] = colour
 
 
-def _draw_person(img: np.ndarray, who: Appearance, camera: Camera, scene: Scene, t: int, rng) -> None:
+def _draw_person(
+    img: np.ndarray,
+    who: Appearance,
+    camera: Camera,
+    scene: Scene,
+    t: int,
+    grid: tuple[np.ndarray, np.ndarray],
+    rng: np.random.Generator,
+) -> None:
     h, w = img.shape[:2]
-    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    yy, xx = grid[0] * h, grid[1] * w
     phase = scene.phase + t * scene.pace * 1.3
     height = camera.scale * who.stature * h * rng.uniform(0.97, 1.03)
     top = h * 0.99 - height - 0.02 * height * abs(np.sin(phase)) + rng.uniform(-1, 1)
@@ -224,14 +237,7 @@ def _draw_person(img: np.ndarray, who: Appearance, camera: Camera, scene: Scene,
         _paint(img, (py >= 0.5) & (py < 0.72) & (np.abs(px) < (0.09 + 0.15 * (py - 0.5)) * b), who.bottom)
 
     torso = (py >= 0.17) & (py < 0.53) & (np.abs(px) < 0.105 * b)
-    pattern = {
-        "solid": np.zeros_like(torso),
-        "hstripes": (py * 22) % 1 < 0.5,
-        "vstripes": ((px / b + 1) * 25) % 1 < 0.5,
-        "checks": (((py * 14) % 1 < 0.5) ^ (((px / b + 1) * 14) % 1 < 0.5)),
-        "two_tone": py > 0.35,
-        "logo": (np.abs(py - 0.3) < 0.06) & (np.abs(px) < 0.05 * b),
-    }[who.pattern]
+    pattern = _pattern(who.pattern, py, px / b)
     _paint(img, torso & ~pattern, who.top)
     _paint(img, torso & pattern, who.top2)
     for side in (1, -1):
@@ -253,28 +259,45 @@ def _draw_person(img: np.ndarray, who: Appearance, camera: Camera, scene: Scene,
         _paint(img, (py > 0.44) & (py < 0.58) & (px > 0.08 * b) & (px < 0.19 * b), who.accessory_colour)
 
 
-def _draw_occluder(img: np.ndarray, scene: Scene, t: int, length: int) -> None:
-    if scene.occluder is None:
+def _pattern(name: str, py: np.ndarray, px: np.ndarray) -> np.ndarray:
+    """Where a top shows its second colour; `px` is scaled by the build."""
+    if name == "hstripes":
+        return (py * 22) % 1 < 0.5
+    if name == "vstripes":
+        return ((px + 1) * 25) % 1 < 0.5
+    if name == "checks":
+        return ((py * 14) % 1 < 0.5) ^ (((px + 1) * 14) % 1 < 0.5)
+    if name == "two_tone":
+        return py > 0.35
+    if name == "logo":
+        return (np.abs(py - 0.3) < 0.06) & (np.abs(px) < 0.05)
+    return np.zeros(py.shape, dtype=bool)
+
+
+def _draw_occluder(img: np.ndarray, scene: Scene, t: int, grid: tuple[np.ndarray, np.ndarray]) -> None:
+    occluder = scene.occluder
+    if occluder is None or not occluder.first <= t < occluder.stop:
         return
-    kind, first, stop, colour, size = scene.occluder
-    if not first <= t < stop:
-        return
-    h, w = img.shape[:2]
-    yy, xx = (np.mgrid[0:h, 0:w] + 0.5) / np.array([h, w])[:, None, None]
-    progress = (t - first + 0.5) / max(stop - first, 1)
-    if kind == "pole":
+    yy, xx = grid
+    progress = (t - occluder.first + 0.5) / (occluder.stop - occluder.first)
+    if occluder.kind == "pole":
         x = 1.1 - 1.2 * progress if scene.direction > 0 else -0.1 + 1.2 * progress
-        _paint(img, np.abs(xx - x) < size * 0.5, colour)
-    elif kind == "low_wall":
-        _paint(img, yy > 1.0 - size * 1.3, colour)
+        _paint(img, np.abs(xx - x) < occluder.size * 0.5, occluder.colour)
+    elif occluder.kind == "low_wall":
+        _paint(img, yy > 1.0 - occluder.size * 1.3, occluder.colour)
     else:
         x = -0.2 + 1.4 * progress
-        body = (((yy - 0.75) / 0.6) ** 2 + ((xx - x) / (size * 0.9)) ** 2) < 1
-        _paint(img, body, colour)
+        body = (((yy - 0.75) / 0.6) ** 2 + ((xx - x) / (occluder.size * 0.9)) ** 2) < 1
+        _paint(img, body, occluder.colour)
 
 
-def render_tracklet(
-    who: Appearance | None, camera: Camera, scene: Scene, length: int, size: tuple[int, int], rng
+def _render_tracklet(
+    who: Appearance | None,
+    camera: Camera,
+    scene: Scene,
+    length: int,
+    size: tuple[int, int],
+    rng: np.random.Generator,
 ) -> list[np.ndarray]:
     """`length` uint8 frames (H, W, 3) of `who` walking through `camera`'s view (None: background only)."""
     h, w = size
@@ -284,10 +307,10 @@ def render_tracklet(
     )
     frames = []
     for t in range(length):
-        img = _background(camera, scene, t, grid).copy()
+        img = _background(camera, scene, t, grid)
         if who is not None:
-            _draw_person(img, who, camera, scene, t, rng)
-        _draw_occluder(img, scene, t, length)
+            _draw_person(img, who, camera, scene, t, grid, rng)
+        _draw_occluder(img, scene, t, grid)
         img = img * (camera.gain * scene.light) * camera.tint + rng.normal(0.0, 0.02, img.shape)
         frames.append((np.clip(img, 0.0, 1.0) * 255 + 0.5).astype(np.uint8))
     return frames
@@ -333,8 +356,13 @@ def generate_synthetic(
     num_train_ids = num_ids // 2 if num_train_ids is None else num_train_ids
     if not 1 <= num_train_ids < num_ids:
         raise ValueError(f"num_train_ids must be in 1..{num_ids - 1}, got {num_train_ids}")
-    if num_cams < 2:
-        raise ValueError(f"num_cams must be at least 2, got {num_cams}")
+    if not 2 <= num_cams <= 9:
+        raise ValueError(f"num_cams must be in 2..9 (one digit in MARS names), got {num_cams}")
+    if num_ids > 9999 or not 0 <= num_distractors <= 9999 or num_junk < 0:
+        raise ValueError(
+            f"MARS names hold four-digit pids: need num_ids <= 9999, 0 <= num_distractors <= 9999 and "
+            f"num_junk >= 0, got num_ids={num_ids}, num_distractors={num_distractors}, num_junk={num_junk}"
+        )
     if not 1 <= min_len <= max_len:
         raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
     if height < 16 or width < 8:
@@ -360,35 +388,49 @@ def generate_synthetic(
         subset = "train" if pid in train_pids else "test"
         plan[subset] += [(pid, cam, people[pid - 1]) for cam in tracklets_of(pid)]
 
-    query_rows: list[int] = []
-    for subset, folder in (("train", "bbox_train"), ("test", "bbox_test")):
-        names: list[str] = []
-        rows: list[tuple[int, int, int, int]] = []
-        counter: dict[tuple[int, int], int] = {}
-        for pid, cam, who in plan[subset]:
-            number = counter[(pid, cam)] = counter.get((pid, cam), 0) + 1
-            length = int(rng.integers(min_len, max_len + 1))
-            scene = _scene(rng, cameras[cam], length, occlusion_p)
-            frames = render_tracklet(who, cameras[cam], scene, length, (height, width), rng)
-            first = len(names) + 1
-            for f, frame in enumerate(frames, start=1):
-                name = mars_image_name(pid, cam + 1, number, f)
-                target = root / folder / name[:4] / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(frame).save(target, quality=jpeg_quality)
-                names.append(name)
-            rows.append((first, len(names), pid, cam + 1))
-        (root / "info").mkdir(parents=True, exist_ok=True)
-        (root / "info" / f"{subset}_name.txt").write_text("\n".join(names) + "\n")
-        _write_mat(
-            root / "info" / f"tracks_{subset}_info.mat",
-            f"track_{subset}_info",
-            np.array(rows, dtype=np.float64),
-        )
-        if subset == "test":
-            query_rows = _choose_queries(rows, rng)
-    _write_mat(root / "info" / "query_IDX.mat", "query_IDX", np.array([query_rows], dtype=np.float64))
+    settings = (cameras, (min_len, max_len), (height, width), occlusion_p, jpeg_quality, rng)
+    _write_subset(root, "train", plan["train"], *settings)
+    test_rows = _write_subset(root, "test", plan["test"], *settings)
+    queries = np.array([_choose_queries(test_rows, rng)], dtype=np.float64)
+    _write_mat(root / "info" / "query_IDX.mat", "query_IDX", queries)
     return root
+
+
+def _write_subset(
+    root: Path,
+    subset: str,
+    plan: list[tuple[int, int, Appearance | None]],
+    cameras: list[Camera],
+    frame_range: tuple[int, int],
+    size: tuple[int, int],
+    occlusion_p: float,
+    jpeg_quality: int,
+    rng: np.random.Generator,
+) -> list[tuple[int, int, int, int]]:
+    """Render and save the tracklets of `plan` under bbox_<subset>/, write its name list and table.
+
+    Returns the table rows [start, end, pid, camera] (1-based, as MARS stores them).
+    """
+    names: list[str] = []
+    rows: list[tuple[int, int, int, int]] = []
+    counter: dict[tuple[int, int], int] = {}
+    for pid, cam, who in plan:
+        number = counter[(pid, cam)] = counter.get((pid, cam), 0) + 1
+        length = int(rng.integers(frame_range[0], frame_range[1] + 1))
+        scene = _scene(rng, cameras[cam], length, occlusion_p)
+        first = len(names) + 1
+        for f, frame in enumerate(_render_tracklet(who, cameras[cam], scene, length, size, rng), start=1):
+            name = mars_image_name(pid, cam + 1, number, f)
+            target = root / f"bbox_{subset}" / name[:4] / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(frame).save(target, quality=jpeg_quality)
+            names.append(name)
+        rows.append((first, len(names), pid, cam + 1))
+    (root / "info").mkdir(parents=True, exist_ok=True)
+    (root / "info" / f"{subset}_name.txt").write_text("\n".join(names) + "\n")
+    table = np.array(rows, dtype=np.float64)
+    _write_mat(root / "info" / f"tracks_{subset}_info.mat", f"track_{subset}_info", table)
+    return rows
 
 
 def _choose_queries(rows: list[tuple[int, int, int, int]], rng: np.random.Generator) -> list[int]:
