@@ -13,7 +13,7 @@ namespace fastrel {
 
 enum Activation : int { kIdentity = 0, kRelu = 1, kLeakyRelu = 2, kAbs = 3 };
 
-constexpr float kLeakySlope = 0.01f;
+constexpr double kLeakySlope = 0.01;
 
 template <int A, typename T>
 FASTREL_HD T activate(T x) {

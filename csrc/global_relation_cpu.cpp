@@ -1,0 +1,559 @@
+// Fused CPU forward and backward of global_relation (docs/math.md). Pairs are processed in tiles of
+// (row block × key block): the differences of a tile are formed on per-worker scratch, projected
+// with a single-threaded GEMM and reduced at once, so the extra memory is O(B·N·H) plus a few
+// tiles per worker; the (B, N, M, H) tensor of the naive form never exists. Only valid keys are
+// visited. Work is split into units that depend on the shapes alone, never on the thread count,
+// and every reduction across units runs in a fixed order, so results are bitwise reproducible.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "global_relation.h"
+#include "relation_math.h"
+
+// Present when torch links MKL; lets each worker pin its own BLAS calls to one thread.
+extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+
+namespace fastrel {
+namespace {
+
+// Pairs per tile: rows × keys, sized so that one (pairs × H) tile stays within L2.
+constexpr int64_t kTileRows = 16;
+constexpr int64_t kTileBytes = 128 * 1024;
+// Units of backward work per call, when the shapes allow: enough for load balance on a machine
+// with a few dozen cores, few enough that per-unit partials of dW and db stay small.
+constexpr int64_t kTargetUnits = 32;
+
+// Keeps BLAS calls made by this worker single-threaded: the parallelism is ours, and a GEMM
+// whose result depended on the BLAS thread count would break reproducibility.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas() : previous_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {}
+  ~SingleThreadedBlas() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous_);
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  int previous_;
+};
+
+int64_t ceil_div(int64_t x, int64_t y) { return (x + y - 1) / y; }
+
+// Keys per tile for a given row count and hidden size.
+int64_t tile_keys(int64_t H) {
+  const int64_t pairs = std::max<int64_t>(kTileBytes / (4 * H), kTileRows);
+  return std::max<int64_t>(pairs / kTileRows, 1);
+}
+
+// The valid keys of every batch element: keys[b * M + k] for k < counts[b].
+struct ValidKeys {
+  std::vector<int64_t> keys;
+  std::vector<int64_t> counts;
+};
+
+ValidKeys valid_keys(const std::optional<at::Tensor>& key_mask, int64_t B, int64_t M) {
+  ValidKeys v{std::vector<int64_t>(B * M), std::vector<int64_t>(B, 0)};
+  const bool* mask = key_mask.has_value() ? key_mask->data_ptr<bool>() : nullptr;
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t n = 0;
+    for (int64_t j = 0; j < M; ++j) {
+      if (mask == nullptr || mask[b * M + j]) v.keys[b * M + n++] = j;
+    }
+    v.counts[b] = n;
+  }
+  return v;
+}
+
+// Everything a kernel reads, with the weight and bias already in the accumulation type.
+template <typename scalar_t>
+struct Problem {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* a;
+  const scalar_t* b;
+  at::Tensor weight;  // (R, H) acc_t
+  const acc_t* bias;  // (R,)
+  int64_t B, N, M, H, R;
+  const ValidKeys* valid;
+
+  const int64_t* keys(int64_t batch) const { return valid->keys.data() + batch * M; }
+  int64_t count(int64_t batch) const { return valid->counts[batch]; }
+  acc_t inv_count(int64_t batch) const { return acc_t(1) / acc_t(std::max<int64_t>(count(batch), 1)); }
+};
+
+// Splits each batch element's rows into tiles of `tile_rows`, and the tiles into `chunks`
+// contiguous units that own their partial sums.
+struct RowUnits {
+  int64_t tile_rows, tiles, chunks;
+
+  RowUnits(int64_t B, int64_t N, int64_t tile_rows_)
+      : tile_rows(tile_rows_), tiles(ceil_div(N, tile_rows_)) {
+    chunks = std::min(tiles, std::max<int64_t>(1, ceil_div(kTargetUnits, B)));
+  }
+  int64_t first_tile(int64_t chunk) const { return chunk * tiles / chunks; }
+};
+
+template <typename acc_t>
+at::TensorOptions acc_options() {
+  return at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
+}
+
+// Converts `rows` rows of length H (gathered through `index` when given) into acc_t.
+template <typename scalar_t, typename acc_t>
+void load_rows(const scalar_t* src, const int64_t* index, int64_t rows, int64_t H, acc_t* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const scalar_t* s = src + (index ? index[r] : r) * H;
+    acc_t* d = dst + r * H;
+    for (int64_t h = 0; h < H; ++h) d[h] = static_cast<acc_t>(s[h]);
+  }
+}
+
+// p[(i, j), :] = δ(a_i − b_j) for a tile of ri rows × kj keys, pair (i, j) at row i * kj + j.
+template <int IN, typename acc_t>
+void form_differences(const acc_t* a, int64_t ri, const acc_t* b, int64_t kj, int64_t H, acc_t* p) {
+  for (int64_t i = 0; i < ri; ++i) {
+    const acc_t* ai = a + i * H;
+    for (int64_t j = 0; j < kj; ++j) {
+      const acc_t* bj = b + j * H;
+      acc_t* out = p + (i * kj + j) * H;
+      for (int64_t h = 0; h < H; ++h) out[h] = activate<IN>(ai[h] - bj[h]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// General path: the projection runs per pair.
+
+template <int IN, int OUT, typename scalar_t>
+void forward_pairs(const Problem<scalar_t>& pb, scalar_t* g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = pb.H, R = pb.R, kt = tile_keys(H);
+  const RowUnits units(pb.B, pb.N, kTileRows);
+  const at::Tensor weight_t = pb.weight.t();
+  at::parallel_for(0, pb.B * units.tiles, 1, [&](int64_t begin, int64_t end) {
+    SingleThreadedBlas single;
+    const auto opts = acc_options<acc_t>();
+    at::Tensor p = at::empty({kTileRows * kt, H}, opts), z = at::empty({kTileRows * kt, R}, opts);
+    std::vector<acc_t> a_tile(kTileRows * H), b_tile(kt * H), sums(kTileRows * R);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t batch = unit / units.tiles, i0 = (unit % units.tiles) * kTileRows;
+      const int64_t ri = std::min(kTileRows, pb.N - i0), count = pb.count(batch);
+      std::fill(sums.begin(), sums.end(), acc_t(0));
+      load_rows(pb.a + (batch * pb.N + i0) * H, nullptr, ri, H, a_tile.data());
+      for (int64_t k0 = 0; k0 < count; k0 += kt) {
+        const int64_t kj = std::min(kt, count - k0), pairs = ri * kj;
+        load_rows(pb.b + batch * pb.M * H, pb.keys(batch) + k0, kj, H, b_tile.data());
+        form_differences<IN>(a_tile.data(), ri, b_tile.data(), kj, H, p.data_ptr<acc_t>());
+        at::Tensor zt = z.narrow(0, 0, pairs);
+        at::mm_out(zt, p.narrow(0, 0, pairs), weight_t);
+        const acc_t* zp = zt.data_ptr<acc_t>();
+        for (int64_t i = 0; i < ri; ++i) {
+          acc_t* s = sums.data() + i * R;
+          for (int64_t j = 0; j < kj; ++j) {
+            const acc_t* zij = zp + (i * kj + j) * R;
+            for (int64_t r = 0; r < R; ++r) s[r] += activate<OUT>(zij[r] + pb.bias[r]);
+          }
+        }
+      }
+      const acc_t scale = pb.inv_count(batch);
+      scalar_t* out = g + (batch * pb.N + i0) * R;
+      for (int64_t e = 0; e < ri * R; ++e) out[e] = static_cast<scalar_t>(sums[e] * scale);
+    }
+  });
+}
+
+template <int IN, int OUT, typename scalar_t>
+void backward_pairs(const Problem<scalar_t>& pb, const scalar_t* grad, scalar_t* da, at::Tensor& dw_parts,
+                    at::Tensor& dbias_parts, at::Tensor& db_parts, const RowUnits& units) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = pb.H, R = pb.R, M = pb.M, kt = tile_keys(H);
+  const at::Tensor weight = pb.weight, weight_t = pb.weight.t();
+  at::parallel_for(0, pb.B * units.chunks, 1, [&](int64_t begin, int64_t end) {
+    SingleThreadedBlas single;
+    const auto opts = acc_options<acc_t>();
+    at::Tensor p = at::empty({kTileRows * kt, H}, opts), dq = at::empty({kTileRows * kt, H}, opts);
+    at::Tensor z = at::empty({kTileRows * kt, R}, opts);
+    std::vector<acc_t> a_tile(kTileRows * H), b_tile(kt * H), g_tile(kTileRows * R), da_tile(kTileRows * H);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t batch = unit / units.chunks, chunk = unit % units.chunks, count = pb.count(batch);
+      if (count == 0) continue;
+      at::Tensor dw_part = dw_parts[unit];
+      acc_t* dbias_part = dbias_parts[unit].data_ptr<acc_t>();
+      acc_t* db_part = db_parts[unit].data_ptr<acc_t>();
+      const int64_t* keys = pb.keys(batch);
+      const acc_t scale = pb.inv_count(batch);
+      for (int64_t t = units.first_tile(chunk); t < units.first_tile(chunk + 1); ++t) {
+        const int64_t i0 = t * kTileRows, ri = std::min(kTileRows, pb.N - i0);
+        load_rows(pb.a + (batch * pb.N + i0) * H, nullptr, ri, H, a_tile.data());
+        const scalar_t* grad_rows = grad + (batch * pb.N + i0) * R;
+        for (int64_t e = 0; e < ri * R; ++e) g_tile[e] = static_cast<acc_t>(grad_rows[e]) * scale;
+        std::fill(da_tile.begin(), da_tile.end(), acc_t(0));
+        for (int64_t k0 = 0; k0 < count; k0 += kt) {
+          const int64_t kj = std::min(kt, count - k0), pairs = ri * kj;
+          load_rows(pb.b + batch * M * H, keys + k0, kj, H, b_tile.data());
+          at::Tensor pt = p.narrow(0, 0, pairs), zt = z.narrow(0, 0, pairs), dqt = dq.narrow(0, 0, pairs);
+          form_differences<IN>(a_tile.data(), ri, b_tile.data(), kj, H, pt.data_ptr<acc_t>());
+          at::mm_out(zt, pt, weight_t);
+          acc_t* zp = zt.data_ptr<acc_t>();
+          for (int64_t i = 0; i < ri; ++i) {
+            const acc_t* gi = g_tile.data() + i * R;
+            for (int64_t j = 0; j < kj; ++j) {
+              acc_t* dz = zp + (i * kj + j) * R;
+              for (int64_t r = 0; r < R; ++r) {
+                dz[r] = derivative<OUT>(dz[r] + pb.bias[r]) * gi[r];
+                dbias_part[r] += dz[r];
+              }
+            }
+          }
+          dw_part.addmm_(zt.t(), pt);
+          at::mm_out(dqt, zt, weight);
+          const acc_t* dqp = dqt.data_ptr<acc_t>();
+          for (int64_t i = 0; i < ri; ++i) {
+            const acc_t* ai = a_tile.data() + i * H;
+            acc_t* dai = da_tile.data() + i * H;
+            for (int64_t j = 0; j < kj; ++j) {
+              const acc_t* bj = b_tile.data() + j * H;
+              const acc_t* dqij = dqp + (i * kj + j) * H;
+              acc_t* dbj = db_part + keys[k0 + j] * H;
+              for (int64_t h = 0; h < H; ++h) {
+                const acc_t du = derivative<IN>(ai[h] - bj[h]) * dqij[h];
+                dai[h] += du;
+                dbj[h] -= du;
+              }
+            }
+          }
+        }
+        scalar_t* out = da + (batch * pb.N + i0) * H;
+        for (int64_t e = 0; e < ri * H; ++e) out[e] = static_cast<scalar_t>(da_tile[e]);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// σ = identity: g_i = W_r · mean_j δ(a_i − b_j) + β_r, the projection leaves the pair loop.
+
+// Row sums over the valid keys of δ(a_i − b_j) into `sums`, and of δ'(a_i − b_j) into `slopes`
+// when it is not null, for ri rows already in acc_t.
+template <int IN, typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+void sum_over_keys(const Problem<scalar_t>& pb, int64_t batch, const std::type_identity_t<acc_t>* a_tile,
+                   int64_t ri, std::type_identity_t<acc_t>* b_tile, int64_t kt, std::type_identity_t<acc_t>* sums,
+                   std::type_identity_t<acc_t>* slopes) {
+  const int64_t H = pb.H, count = pb.count(batch);
+  std::fill(sums, sums + ri * H, acc_t(0));
+  if (slopes) std::fill(slopes, slopes + ri * H, acc_t(0));
+  for (int64_t k0 = 0; k0 < count; k0 += kt) {
+    const int64_t kj = std::min(kt, count - k0);
+    load_rows(pb.b + batch * pb.M * H, pb.keys(batch) + k0, kj, H, b_tile);
+    for (int64_t i = 0; i < ri; ++i) {
+      const acc_t* ai = a_tile + i * H;
+      acc_t* si = sums + i * H;
+      acc_t* ci = slopes ? slopes + i * H : nullptr;
+      for (int64_t j = 0; j < kj; ++j) {
+        const acc_t* bj = b_tile + j * H;
+        for (int64_t h = 0; h < H; ++h) si[h] += activate<IN>(ai[h] - bj[h]);
+        if (ci) {
+          for (int64_t h = 0; h < H; ++h) ci[h] += derivative<IN>(ai[h] - bj[h]);
+        }
+      }
+    }
+  }
+}
+
+template <int IN, typename scalar_t>
+void forward_means(const Problem<scalar_t>& pb, scalar_t* g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = pb.H, R = pb.R, kt = tile_keys(H);
+  const RowUnits units(pb.B, pb.N, kTileRows);
+  const at::Tensor weight_t = pb.weight.t();
+  at::parallel_for(0, pb.B * units.tiles, 1, [&](int64_t begin, int64_t end) {
+    SingleThreadedBlas single;
+    const auto opts = acc_options<acc_t>();
+    at::Tensor means = at::empty({kTileRows, H}, opts), proj = at::empty({kTileRows, R}, opts);
+    std::vector<acc_t> a_tile(kTileRows * H), b_tile(kt * H);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t batch = unit / units.tiles, i0 = (unit % units.tiles) * kTileRows;
+      const int64_t ri = std::min(kTileRows, pb.N - i0);
+      scalar_t* out = g + (batch * pb.N + i0) * R;
+      if (pb.count(batch) == 0) {
+        std::fill(out, out + ri * R, static_cast<scalar_t>(0));
+        continue;
+      }
+      load_rows(pb.a + (batch * pb.N + i0) * H, nullptr, ri, H, a_tile.data());
+      acc_t* mp = means.data_ptr<acc_t>();
+      sum_over_keys<IN>(pb, batch, a_tile.data(), ri, b_tile.data(), kt, mp, nullptr);
+      const acc_t scale = pb.inv_count(batch);
+      for (int64_t e = 0; e < ri * H; ++e) mp[e] *= scale;
+      at::Tensor pt = proj.narrow(0, 0, ri);
+      at::mm_out(pt, means.narrow(0, 0, ri), weight_t);
+      const acc_t* pp = pt.data_ptr<acc_t>();
+      for (int64_t i = 0; i < ri; ++i) {
+        for (int64_t r = 0; r < R; ++r) out[i * R + r] = static_cast<scalar_t>(pp[i * R + r] + pb.bias[r]);
+      }
+    }
+  });
+}
+
+// Backward of the identity path in two passes without atomics: rows (da, v_i = W_rᵀ dG_i / n and
+// the dW/dβ partials), then keys (db_j = −Σ_i δ'(a_i − b_j) ⊙ v_i).
+template <int IN, typename scalar_t>
+void backward_means(const Problem<scalar_t>& pb, const scalar_t* grad, scalar_t* da, scalar_t* db,
+                    at::Tensor& dw_parts, at::Tensor& dbias_parts, const RowUnits& units) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = pb.H, R = pb.R, N = pb.N, kt = tile_keys(H);
+  const auto opts = acc_options<acc_t>();
+  at::Tensor v = at::zeros({pb.B, N, H}, opts);
+  acc_t* vp = v.data_ptr<acc_t>();
+  at::parallel_for(0, pb.B * units.chunks, 1, [&](int64_t begin, int64_t end) {
+    SingleThreadedBlas single;
+    at::Tensor g_tile = at::empty({kTileRows, R}, opts), sums = at::empty({kTileRows, H}, opts);
+    std::vector<acc_t> a_tile(kTileRows * H), b_tile(kt * H), slopes(kTileRows * H);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t batch = unit / units.chunks, chunk = unit % units.chunks, count = pb.count(batch);
+      if (count == 0) continue;
+      at::Tensor dw_part = dw_parts[unit];
+      acc_t* dbias_part = dbias_parts[unit].data_ptr<acc_t>();
+      const acc_t scale = pb.inv_count(batch);
+      for (int64_t t = units.first_tile(chunk); t < units.first_tile(chunk + 1); ++t) {
+        const int64_t i0 = t * kTileRows, ri = std::min(kTileRows, N - i0);
+        at::Tensor gt = g_tile.narrow(0, 0, ri), st = sums.narrow(0, 0, ri);
+        acc_t* gp = gt.data_ptr<acc_t>();
+        const scalar_t* grad_rows = grad + (batch * N + i0) * R;
+        for (int64_t e = 0; e < ri * R; ++e) gp[e] = static_cast<acc_t>(grad_rows[e]) * scale;
+        for (int64_t i = 0; i < ri; ++i) {
+          for (int64_t r = 0; r < R; ++r) dbias_part[r] += gp[i * R + r] * acc_t(count);
+        }
+        at::Tensor vt = v.select(0, batch).narrow(0, i0, ri);
+        at::mm_out(vt, gt, pb.weight);
+        load_rows(pb.a + (batch * N + i0) * H, nullptr, ri, H, a_tile.data());
+        sum_over_keys<IN>(pb, batch, a_tile.data(), ri, b_tile.data(), kt, st.data_ptr<acc_t>(), slopes.data());
+        dw_part.addmm_(gt.t(), st);
+        const acc_t* vi = vp + (batch * N + i0) * H;
+        scalar_t* out = da + (batch * N + i0) * H;
+        for (int64_t e = 0; e < ri * H; ++e) out[e] = static_cast<scalar_t>(vi[e] * slopes[e]);
+      }
+    }
+  });
+  const int64_t key_tiles = ceil_div(pb.M, kt);
+  at::parallel_for(0, pb.B * key_tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> a_row(H), b_tile(kt * H), acc(kt * H);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t batch = unit / key_tiles, k0 = (unit % key_tiles) * kt;
+      const int64_t kj = std::min(kt, pb.count(batch) - k0);
+      if (kj <= 0) continue;
+      const int64_t* keys = pb.keys(batch) + k0;
+      load_rows(pb.b + batch * pb.M * H, keys, kj, H, b_tile.data());
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t i = 0; i < N; ++i) {
+        load_rows(pb.a + (batch * N + i) * H, nullptr, 1, H, a_row.data());
+        const acc_t* vi = vp + (batch * N + i) * H;
+        for (int64_t j = 0; j < kj; ++j) {
+          const acc_t* bj = b_tile.data() + j * H;
+          acc_t* s = acc.data() + j * H;
+          for (int64_t h = 0; h < H; ++h) s[h] += derivative<IN>(a_row[h] - bj[h]) * vi[h];
+        }
+      }
+      for (int64_t j = 0; j < kj; ++j) {
+        scalar_t* out = db + (batch * pb.M + keys[j]) * H;
+        for (int64_t h = 0; h < H; ++h) out[h] = static_cast<scalar_t>(-acc[j * H + h]);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixed-order reductions of per-unit partials.
+
+// out[e] = Σ_u parts[u][e] over units u in order, for parts (U, E) in acc_t.
+template <typename acc_t, typename scalar_t>
+void sum_units(const at::Tensor& parts, int64_t first, int64_t count, scalar_t* out, int64_t E) {
+  const acc_t* p = parts.data_ptr<acc_t>() + first * E;
+  at::parallel_for(0, E, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) {
+      acc_t s = 0;
+      for (int64_t u = 0; u < count; ++u) s += p[u * E + e];
+      out[e] = static_cast<scalar_t>(s);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points.
+
+template <typename F>
+void dispatch_inner(int64_t inner, F&& f) {
+  switch (inner) {
+    case kIdentity: return f(std::integral_constant<int, kIdentity>{});
+    case kRelu: return f(std::integral_constant<int, kRelu>{});
+    case kLeakyRelu: return f(std::integral_constant<int, kLeakyRelu>{});
+    case kAbs: return f(std::integral_constant<int, kAbs>{});
+  }
+  TORCH_CHECK_VALUE(false, "global_relation_cpu: inner: unknown activation code ", inner);
+}
+
+template <typename F>
+void dispatch_outer(int64_t outer, F&& f) {
+  switch (outer) {
+    case kIdentity: return f(std::integral_constant<int, kIdentity>{});
+    case kRelu: return f(std::integral_constant<int, kRelu>{});
+    case kLeakyRelu: return f(std::integral_constant<int, kLeakyRelu>{});
+  }
+  TORCH_CHECK_VALUE(false, "global_relation_cpu: outer: unknown activation code ", outer);
+}
+
+void check_tensor(const at::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "global_relation_cpu: ", name, ": expected a CPU tensor, got device ",
+                    t.device());
+  TORCH_CHECK_VALUE(t.dim() == dim, "global_relation_cpu: ", name, ": expected ", dim, " dimensions, got shape ",
+                    t.sizes());
+  TORCH_CHECK_VALUE(t.is_contiguous(), "global_relation_cpu: ", name, ": expected a contiguous tensor, got strides ",
+                    t.strides());
+}
+
+void check_same_dtype(const at::Tensor& t, const char* name, const at::Tensor& a) {
+  TORCH_CHECK_TYPE(t.scalar_type() == a.scalar_type(), "global_relation_cpu: ", name, ": expected dtype ",
+                   a.scalar_type(), " to match a, got ", t.scalar_type());
+}
+
+void check_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
+                  const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& key_mask, int64_t inner,
+                  int64_t outer) {
+  check_tensor(a, "a", 3);
+  check_tensor(b, "b", 3);
+  check_tensor(weight, "weight", 2);
+  const auto dtype = a.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
+                   "global_relation_cpu: a: expected dtype float64, float32, bfloat16 or float16, got ", dtype);
+  check_same_dtype(b, "b", a);
+  check_same_dtype(weight, "weight", a);
+  const int64_t B = a.size(0), H = a.size(2);
+  TORCH_CHECK_VALUE(b.size(0) == B && b.size(2) == H, "global_relation_cpu: b: expected shape (", B, ", M, ", H,
+                    ") to match a, got ", b.sizes());
+  TORCH_CHECK_VALUE(weight.size(1) == H, "global_relation_cpu: weight: expected shape (R, ", H, "), got ",
+                    weight.sizes());
+  if (bias.has_value()) {
+    check_tensor(*bias, "bias", 1);
+    check_same_dtype(*bias, "bias", a);
+    TORCH_CHECK_VALUE(bias->size(0) == weight.size(0), "global_relation_cpu: bias: expected shape (",
+                      weight.size(0), ",), got ", bias->sizes());
+  }
+  if (key_mask.has_value()) {
+    check_tensor(*key_mask, "key_mask", 2);
+    TORCH_CHECK_TYPE(key_mask->scalar_type() == at::kBool, "global_relation_cpu: key_mask: expected dtype bool, got ",
+                     key_mask->scalar_type());
+    TORCH_CHECK_VALUE(key_mask->size(0) == B && key_mask->size(1) == b.size(1),
+                      "global_relation_cpu: key_mask: expected shape (", B, ", ", b.size(1), "), got ",
+                      key_mask->sizes());
+  }
+  TORCH_CHECK_VALUE(inner >= kIdentity && inner <= kAbs, "global_relation_cpu: inner: expected an activation code in ",
+                    "0..3, got ", inner);
+  TORCH_CHECK_VALUE(outer >= kIdentity && outer <= kLeakyRelu,
+                    "global_relation_cpu: outer: expected an activation code in 0..2 (abs is not an outer "
+                    "activation), got ",
+                    outer);
+}
+
+template <typename scalar_t>
+Problem<scalar_t> make_problem(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
+                               const at::Tensor& bias_acc, const ValidKeys& valid) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
+  return Problem<scalar_t>{a.data_ptr<scalar_t>(),
+                           b.data_ptr<scalar_t>(),
+                           weight.detach().to(acc_dtype).contiguous(),
+                           bias_acc.data_ptr<acc_t>(),
+                           a.size(0),
+                           a.size(1),
+                           b.size(1),
+                           a.size(2),
+                           weight.size(0),
+                           &valid};
+}
+
+at::ScalarType acc_dtype_of(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
+
+at::Tensor bias_in_acc(const std::optional<at::Tensor>& bias, const at::Tensor& weight) {
+  const auto acc = acc_dtype_of(weight.scalar_type());
+  return bias.has_value() ? bias->detach().to(acc).contiguous() : at::zeros({weight.size(0)}, weight.options().dtype(acc));
+}
+
+}  // namespace
+
+at::Tensor global_relation_forward_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
+                                       const std::optional<at::Tensor>& bias,
+                                       const std::optional<at::Tensor>& key_mask, int64_t inner, int64_t outer) {
+  check_inputs(a, b, weight, bias, key_mask, inner, outer);
+  at::NoGradGuard no_grad;
+  const ValidKeys valid = valid_keys(key_mask, a.size(0), b.size(1));
+  const at::Tensor bias_acc = bias_in_acc(bias, weight);
+  at::Tensor g = at::zeros({a.size(0), a.size(1), weight.size(0)}, a.options());
+  if (g.numel() == 0) return g;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.scalar_type(), "global_relation_forward_cpu", [&] {
+    const auto pb = make_problem<scalar_t>(a, b, weight, bias_acc, valid);
+    scalar_t* out = g.data_ptr<scalar_t>();
+    dispatch_inner(inner, [&](auto in) {
+      if (outer == kIdentity) return forward_means<decltype(in)::value>(pb, out);
+      dispatch_outer(outer, [&](auto out_act) {
+        forward_pairs<decltype(in)::value, decltype(out_act)::value>(pb, out);
+      });
+    });
+  });
+  return g;
+}
+
+std::vector<at::Tensor> global_relation_backward_cpu(const at::Tensor& grad, const at::Tensor& a,
+                                                     const at::Tensor& b, const at::Tensor& weight,
+                                                     const std::optional<at::Tensor>& bias,
+                                                     const std::optional<at::Tensor>& key_mask, int64_t inner,
+                                                     int64_t outer, bool deterministic) {
+  (void)deterministic;  // always deterministic: no atomics, fixed reduction order
+  check_inputs(a, b, weight, bias, key_mask, inner, outer);
+  check_tensor(grad, "grad", 3);
+  check_same_dtype(grad, "grad", a);
+  const int64_t B = a.size(0), N = a.size(1), M = b.size(1), H = a.size(2), R = weight.size(0);
+  TORCH_CHECK_VALUE(grad.size(0) == B && grad.size(1) == N && grad.size(2) == R,
+                    "global_relation_cpu: grad: expected shape (", B, ", ", N, ", ", R, "), got ", grad.sizes());
+  at::NoGradGuard no_grad;
+  const ValidKeys valid = valid_keys(key_mask, B, M);
+  const at::Tensor bias_acc = bias_in_acc(bias, weight);
+  at::Tensor da = at::zeros_like(a), db = at::zeros_like(b);
+  at::Tensor dweight = at::zeros_like(weight), dbias = at::zeros({R}, weight.options());
+  if (B * N * M == 0 || R == 0) return {da, db, dweight, dbias};
+  const auto acc_opts = weight.options().dtype(acc_dtype_of(a.scalar_type()));
+  const RowUnits units(B, N, kTileRows);
+  const int64_t U = B * units.chunks;
+  at::Tensor dw_parts = at::zeros({U, R, H}, acc_opts), dbias_parts = at::zeros({U, R}, acc_opts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.scalar_type(), "global_relation_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto pb = make_problem<scalar_t>(a, b, weight, bias_acc, valid);
+    const scalar_t* g = grad.data_ptr<scalar_t>();
+    if (outer == kIdentity) {
+      dispatch_inner(inner, [&](auto in) {
+        backward_means<decltype(in)::value>(pb, g, da.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(), dw_parts,
+                                            dbias_parts, units);
+      });
+    } else {
+      at::Tensor db_parts = at::zeros({U, M, H}, acc_opts);
+      dispatch_inner(inner, [&](auto in) {
+        dispatch_outer(outer, [&](auto out_act) {
+          backward_pairs<decltype(in)::value, decltype(out_act)::value>(pb, g, da.data_ptr<scalar_t>(), dw_parts,
+                                                                       dbias_parts, db_parts, units);
+        });
+      });
+      for (int64_t batch = 0; batch < B; ++batch) {
+        sum_units<acc_t>(db_parts, batch * units.chunks, units.chunks, db.data_ptr<scalar_t>() + batch * M * H,
+                         M * H);
+      }
+    }
+    sum_units<acc_t>(dw_parts, 0, U, dweight.data_ptr<scalar_t>(), R * H);
+    sum_units<acc_t>(dbias_parts, 0, U, dbias.data_ptr<scalar_t>(), R);
+  });
+  return {da, db, dweight, dbias};
+}
+
+}  // namespace fastrel
