@@ -1,0 +1,189 @@
+"""Typed run configuration: defaults here, a YAML file over them, ``key.sub=value`` overrides last.
+
+Every key a file or an override names must exist in the defaults; anything else is an error that
+names the key, so a misspelt option never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # a dataset known to train.data.load_dataset
+    root: str = "data"
+    split_id: int = 0
+    protocol: str = "torchreid"
+    height: int = 256
+    width: int = 128
+    seq_len: int = 8  # T frames per training clip
+    P: int = 18  # identities per global batch
+    K: int = 4  # tracklets per identity
+    workers: int = 2  # DataLoader workers per process
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet50"  # resnet50 | resnet18
+    pretrained: str = ""  # local path of ImageNet weights (a torchvision state_dict); "" = random init
+    last_stride: int = 1
+    head: str = "relation"  # relation (RGSA + RGTR) | avgpool (baseline)
+    hidden_channels: int | None = None  # RGSA/RGTR hidden width H (None: C/8)
+    relation_channels: int | None = None  # RGSA/RGTR relation width R (None: C/16)
+    backend: str = "auto"  # fastrel backend for the relation modules
+    identity_init: bool = True  # RGSA starts as average pooling, RGTR as the identity refinement
+
+
+@dataclass
+class LossConfig:
+    label_smoothing: float = 0.1
+    triplet: str = "soft"  # soft (soft-margin) | margin
+    margin: float = 0.3
+    frame_weight: float = 1.0
+    clip_weight: float = 1.0
+    triplet_weight: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3.0e-4
+    weight_decay: float = 5.0e-4
+    epochs: int = 375
+    milestones: list[int] = field(default_factory=lambda: [125, 250])
+    gamma: float = 0.1
+    warmup_epochs: int = 10
+    warmup_factor: float = 0.01  # lr multiplier at the first warm-up step
+    steps_per_epoch: int = 0  # 0: one pass of the sampler; >0 caps the steps per epoch
+
+
+@dataclass
+class EvalConfig:
+    mode: str = "chunks"  # chunks (mean over chunk features) | all (RGTR over every frame)
+    chunk_len: int = 8  # frames per chunk in "chunks" mode
+    max_frames: int = 0  # "all" mode: evenly keep at most this many frames (0 = every frame)
+    batch_size: int = 16  # clips per forward in feature extraction
+    rerank: bool = False
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+    period: int = 0  # evaluate every this many epochs (0: only at the end)
+    num_queries_shown: int = 4  # queries in the ranking picture
+    top_k_shown: int = 5
+
+
+@dataclass
+class RunConfig:
+    output: str = "runs/default"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bf16 autocast (GPU only)
+    sync_bn: bool = True  # batch statistics over all processes (a DDP step equals a 1-process step)
+    log_every: int = 10  # TensorBoard scalars every this many steps
+    progress: bool = True  # tqdm bars on rank 0
+    eval_only: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or gives a value of the wrong type."""
+
+
+def load_config(path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then ``key.sub=value`` overrides."""
+    config = Config()
+    if path is not None:
+        with open(path) as handle:
+            tree = yaml.safe_load(handle) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")
+        _merge(config, tree, prefix="")
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected the form key.sub=value")
+        set_value(config, key.strip(), yaml.safe_load(text) if text.strip() else "")
+    return config
+
+
+def set_value(config: Config, dotted: str, value: Any) -> None:
+    """Set ``config.<dotted>`` to ``value`` after checking that the key exists and the type fits."""
+    *parents, leaf = dotted.split(".")
+    node: Any = config
+    for depth, part in enumerate(parents):
+        if not dataclasses.is_dataclass(node) or part not in _field_names(node):
+            raise ConfigError(f"unknown config key {'.'.join(parents[: depth + 1])!r}")
+        node = getattr(node, part)
+    if not dataclasses.is_dataclass(node) or leaf not in _field_names(node):
+        raise ConfigError(f"unknown config key {dotted!r}")
+    if dataclasses.is_dataclass(getattr(node, leaf)):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{dotted}: expected a mapping of its keys, got {value!r}")
+        _merge(getattr(node, leaf), value, prefix=dotted + ".")
+        return
+    hint = get_type_hints(type(node))[leaf]
+    setattr(node, leaf, _coerce(value, hint, dotted))
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def dump(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def _merge(node: Any, tree: dict, prefix: str) -> None:
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in _field_names(node):
+            raise ConfigError(f"unknown config key {dotted!r}")
+        child = getattr(node, key)
+        if dataclasses.is_dataclass(child):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted}: expected a mapping of its keys, got {value!r}")
+            _merge(child, value, dotted + ".")
+        else:
+            setattr(node, key, _coerce(value, get_type_hints(type(node))[key], dotted))
+
+
+def _field_names(node: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(node)}
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """``value`` as the declared type ``hint``; int widens to float; anything else must match."""
+    origin = get_origin(hint)
+    if origin is Union or origin is types.UnionType:
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is list:
+        (item,) = get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and value is None:
+        return ""
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+    return value
