@@ -101,7 +101,7 @@ class RGSA(nn.Module):
         relation = relation_channels if relation_channels is not None else max(in_channels // 16, 1)
         self.in_channels = in_channels
         self.relation = RelationModule(in_channels, hidden, relation, inner=inner, outer=outer, backend=backend)
-        self.score = nn.Linear(in_channels + relation, 1)
+        self.score = nn.Linear(in_channels + relation, 1, bias=False)  # BN follows: a bias is void
         self.norm = nn.BatchNorm1d(1)
 
     def forward(self, x: Tensor, return_attention: bool = False):
@@ -141,7 +141,7 @@ class RGTR(nn.Module):
         relation = relation_channels if relation_channels is not None else max(in_channels // 16, 1)
         self.in_channels = in_channels
         self.relation = RelationModule(in_channels, hidden, relation, inner=inner, outer=outer, backend=backend)
-        self.refine = nn.Linear(in_channels + relation, in_channels)
+        self.refine = nn.Linear(in_channels + relation, in_channels, bias=False)  # BN follows
         self.norm = nn.BatchNorm1d(in_channels)
 
     def forward(

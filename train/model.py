@@ -105,15 +105,10 @@ class VideoReIDModel(nn.Module):
         if head == "relation":
             self.spatial = fastrel.RGSA(channels, hidden_channels, relation_channels, backend=backend)
             self.temporal = fastrel.RGTR(channels, hidden_channels, relation_channels, backend=backend)
-            # Shifts these biases cause are undone downstream (the BN after them, the softmax over
-            # positions, the clip BNNeck and the triplet distances): their gradient is identically
-            # zero, and Adam would only turn rounding noise into steps of size lr. Keep them fixed.
-            for bias in (
-                self.spatial.score.bias,
-                self.spatial.norm.bias,
-                self.temporal.refine.bias,
-                self.temporal.norm.bias,
-            ):
+            # Shifts of these BN biases are undone downstream (the softmax over positions; the
+            # clip BNNeck and the triplet distances): their gradient is identically zero, and Adam
+            # would only turn rounding noise into steps of size lr. Keep them fixed.
+            for bias in (self.spatial.norm.bias, self.temporal.norm.bias):
                 bias.requires_grad_(False)
             if identity_init:
                 self._identity_init(channels)
@@ -133,7 +128,6 @@ class VideoReIDModel(nn.Module):
         weight = self.temporal.refine.weight  # (C, C + R)
         weight.zero_()
         weight[:, :channels].copy_(torch.eye(channels))
-        self.temporal.refine.bias.zero_()
 
     def forward(self, clips: Tensor, lengths: Tensor | None = None, return_attention: bool = False) -> ModelOutput:
         if clips.dim() != 5:
