@@ -77,6 +77,24 @@ class RelationModule(nn.Module):
         return f"inner={self.inner!r}, outer={self.outer!r}, backend={self.backend!r}"
 
 
+def _attach_relation(
+    module: nn.Module,
+    in_channels: int,
+    hidden_channels: Optional[int],
+    relation_channels: Optional[int],
+    inner: str,
+    outer: str,
+    backend: str,
+) -> int:
+    """Give RGSA/RGTR their RelationModule (defaults: hidden C/8, relation C/16); returns R."""
+    _positive(in_channels, "in_channels")
+    hidden = hidden_channels if hidden_channels is not None else max(in_channels // 8, 1)
+    relation = relation_channels if relation_channels is not None else max(in_channels // 16, 1)
+    module.in_channels = in_channels
+    module.relation = RelationModule(in_channels, hidden, relation, inner=inner, outer=outer, backend=backend)
+    return relation
+
+
 class RGSA(nn.Module):
     """Relation-guided spatial attention: feature map (B, C, Hf, Wf) → frame feature (B, C).
 
@@ -96,11 +114,7 @@ class RGSA(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        _positive(in_channels, "in_channels")
-        hidden = hidden_channels if hidden_channels is not None else max(in_channels // 8, 1)
-        relation = relation_channels if relation_channels is not None else max(in_channels // 16, 1)
-        self.in_channels = in_channels
-        self.relation = RelationModule(in_channels, hidden, relation, inner=inner, outer=outer, backend=backend)
+        relation = _attach_relation(self, in_channels, hidden_channels, relation_channels, inner, outer, backend)
         self.score = nn.Linear(in_channels + relation, 1, bias=False)  # BN follows: a bias is void
         self.norm = nn.BatchNorm1d(1)
 
@@ -136,11 +150,7 @@ class RGTR(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        _positive(in_channels, "in_channels")
-        hidden = hidden_channels if hidden_channels is not None else max(in_channels // 8, 1)
-        relation = relation_channels if relation_channels is not None else max(in_channels // 16, 1)
-        self.in_channels = in_channels
-        self.relation = RelationModule(in_channels, hidden, relation, inner=inner, outer=outer, backend=backend)
+        relation = _attach_relation(self, in_channels, hidden_channels, relation_channels, inner, outer, backend)
         self.refine = nn.Linear(in_channels + relation, in_channels, bias=False)  # BN follows
         self.norm = nn.BatchNorm1d(in_channels)
 
