@@ -1,8 +1,11 @@
 """Config loading: YAML over defaults, dotted overrides, unknown keys and wrong types rejected."""
 
 import pytest
+import torch
 
+import fastrel
 from train.config import ConfigError, load_config
+from train.model import build_model
 
 
 def test_yaml_then_overrides_apply_in_order(tmp_path):
@@ -36,9 +39,20 @@ def test_wrong_type_fails_naming_the_key():
 
 
 def test_shipped_configs_load():
-    for name in ("configs/mars_paper.yaml", "configs/synthetic.yaml"):
+    for name in ("configs/mars_paper.yaml", "configs/synthetic.yaml", "configs/mars_large_map.yaml"):
         load_config(name)
     paper = load_config("configs/mars_paper.yaml")
     assert (paper.data.P, paper.data.K, paper.model.arch, paper.model.last_stride) == (18, 4, "resnet50", 1)
     assert (paper.optim.lr, paper.optim.weight_decay, paper.optim.epochs) == (3e-4, 5e-4, 375)
     assert paper.optim.milestones == [125, 250]
+
+
+def test_large_map_config_puts_rgsa_on_512_positions_through_the_sort_path():
+    config = load_config("configs/mars_large_map.yaml")
+    stride = 16 if config.model.last_stride == 1 else 32
+    assert (config.data.height // stride) * (config.data.width // stride) == 512
+    chosen = fastrel.backends.select("auto", "cpu", torch.float32, config.model.inner, config.model.outer, False)
+    assert chosen == "sort"
+    model = build_model(config.model, num_classes=3)
+    assert (model.spatial.relation.inner, model.spatial.relation.outer) == ("relu", "identity")
+    assert (model.temporal.relation.inner, model.temporal.relation.outer) == ("relu", "identity")

@@ -38,6 +38,8 @@ class ModelConfig:
     hidden_channels: int | None = None  # RGSA/RGTR hidden width H (None: C/8)
     relation_channels: int | None = None  # RGSA/RGTR relation width R (None: C/16)
     backend: str = "auto"  # fastrel backend for the relation modules
+    inner: str = "relu"  # relation activation δ (relu | leaky_relu | abs | identity)
+    outer: str = "relu"  # relation activation σ (relu | leaky_relu | identity; identity + relu/abs: sort path)
     identity_init: bool = True  # RGSA starts as average pooling, RGTR as the identity refinement
 
 

@@ -95,6 +95,8 @@ class VideoReIDModel(nn.Module):
         hidden_channels: int | None = None,
         relation_channels: int | None = None,
         backend: str = "auto",
+        inner: str = "relu",
+        outer: str = "relu",
         identity_init: bool = True,
     ) -> None:
         super().__init__()
@@ -103,8 +105,9 @@ class VideoReIDModel(nn.Module):
         self.head = head
         self.backbone = backbone
         if head == "relation":
-            self.spatial = fastrel.RGSA(channels, hidden_channels, relation_channels, backend=backend)
-            self.temporal = fastrel.RGTR(channels, hidden_channels, relation_channels, backend=backend)
+            options = dict(inner=inner, outer=outer, backend=backend)
+            self.spatial = fastrel.RGSA(channels, hidden_channels, relation_channels, **options)
+            self.temporal = fastrel.RGTR(channels, hidden_channels, relation_channels, **options)
             # Shifts of these BN biases are undone downstream (the softmax over positions; the
             # clip BNNeck and the triplet distances): their gradient is identically zero, and Adam
             # would only turn rounding noise into steps of size lr. Keep them fixed.
@@ -190,5 +193,7 @@ def build_model(config: ModelConfig, num_classes: int) -> VideoReIDModel:
         hidden_channels=config.hidden_channels,
         relation_channels=config.relation_channels,
         backend=config.backend,
+        inner=config.inner,
+        outer=config.outer,
         identity_init=config.identity_init,
     )
