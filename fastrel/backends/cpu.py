@@ -10,54 +10,19 @@ from typing import Optional
 
 import torch
 
-from fastrel.activations import CODES
+from fastrel.backends import native
 from fastrel.backends.base import Backend
-
-Tensor = torch.Tensor
-
-
-def _native():
-    from fastrel import _C
-
-    return _C
 
 
 def _probe() -> Optional[str]:
     try:
-        _native()
+        native.module()
     except ImportError as error:
         return f"fastrel._C is not built: {error}"
     return None
 
 
-def _forward(
-    a: Tensor,
-    b: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor],
-    key_mask: Optional[Tensor],
-    inner: str,
-    outer: str,
-) -> Tensor:
-    return _native().global_relation_forward_cpu(a, b, weight, bias, key_mask, CODES[inner], CODES[outer])
-
-
-def _backward(
-    grad: Tensor,
-    a: Tensor,
-    b: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor],
-    key_mask: Optional[Tensor],
-    inner: str,
-    outer: str,
-    deterministic: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    da, db, dweight, dbias = _native().global_relation_backward_cpu(
-        grad, a, b, weight, bias, key_mask, CODES[inner], CODES[outer], deterministic
-    )
-    return da, db, dweight, dbias
-
+_forward, _backward = native.kernels("cpu")
 
 BACKEND = Backend(
     name="cpu",

@@ -9,61 +9,24 @@ from __future__ import annotations
 
 import torch
 
-from fastrel import activations
+from fastrel.backends import native
 from fastrel.backends.base import Backend
-
-Tensor = torch.Tensor
-
-
-def _native():
-    from fastrel import _C
-
-    return _C
 
 
 def probe() -> str | None:
     """None when the CUDA kernels are built and a CUDA device is present, else why not."""
     try:
-        native = _native()
+        module = native.module()
     except ImportError as error:
         return f"fastrel._C is not built ({error})"
-    if not getattr(native, "cuda", False):
+    if not getattr(module, "cuda", False):
         return "fastrel._C was built without CUDA"
     if not torch.cuda.is_available():
         return "no CUDA device is available"
     return None
 
 
-def forward(
-    a: Tensor,
-    b: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    key_mask: Tensor | None,
-    inner: str,
-    outer: str,
-) -> Tensor:
-    return _native().global_relation_forward_cuda(
-        a, b, weight, bias, key_mask, activations.CODES[inner], activations.CODES[outer]
-    )
-
-
-def backward(
-    grad: Tensor,
-    a: Tensor,
-    b: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    key_mask: Tensor | None,
-    inner: str,
-    outer: str,
-    deterministic: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    da, db, dweight, dbias = _native().global_relation_backward_cuda(
-        grad, a, b, weight, bias, key_mask, activations.CODES[inner], activations.CODES[outer], deterministic
-    )
-    return da, db, dweight, dbias
-
+forward, backward = native.kernels("cuda")
 
 BACKEND = Backend(
     name="cuda",
