@@ -438,6 +438,19 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
+def _pair_meta(a: Tensor, bias: Tensor | None, m: Tensor | None, inner: str, outer: str) -> dict:
+    """Compile-time constants the forward and backward pair kernels share."""
+    return dict(
+        INNER=activations.CODES[inner],
+        OUTER=activations.CODES[outer],
+        HAS_BIAS=bias is not None,
+        HAS_MASK=m is not None,
+        ACC=_acc_dtypes(a.dtype)[1],
+        DOT=_dot_dtype(a.dtype),
+        PRECISION=_precision(a.dtype),
+    )
+
+
 def _key_weights(key_mask: Tensor | None, a: Tensor, M: int) -> tuple[Tensor | None, Tensor]:
     """(m as 0/1 in the accumulation dtype or None, 1 / max(Σ_j m_j, 1) per batch element)."""
     acc, _ = _acc_dtypes(a.dtype)
@@ -492,7 +505,6 @@ def forward(
     g = torch.empty(B, N, R, dtype=a.dtype, device=a.device)
     if g.numel() == 0:
         return g
-    _, acc_tl = _acc_dtypes(a.dtype)
     block_r = min(_pow2(R), 32 if interpreting() else 64)
     block_h = min(_pow2(H), 32 if interpreting() else 64)
     tile = _small_tile(N, M, 128)
@@ -514,16 +526,7 @@ def forward(
         R,
     )
     meta = dict(
-        INNER=activations.CODES[inner],
-        OUTER=activations.CODES[outer],
-        HAS_BIAS=bias is not None,
-        HAS_MASK=m is not None,
-        ACC=acc_tl,
-        DIFF=_diff_dtype(a.dtype, inner),
-        DOT=_dot_dtype(a.dtype),
-        PRECISION=_precision(a.dtype),
-        BLOCK_H=block_h,
-        BLOCK_R=block_r,
+        _pair_meta(a, bias, m, inner, outer), DIFF=_diff_dtype(a.dtype, inner), BLOCK_H=block_h, BLOCK_R=block_r
     )
     _launch(_forward_kernel, _forward_tuned, grid, tile, _FORWARD_FIXED, args, meta)
     return g
@@ -548,7 +551,7 @@ def backward(
     m, inv_count = _key_weights(key_mask, a, M)
     if outer == "identity":
         return _identity_backward(grad, a, b, weight, m, inv_count, inner)
-    acc, acc_tl = _acc_dtypes(a.dtype)
+    acc, _ = _acc_dtypes(a.dtype)
     if B * N * M * H * R == 0:
         return (torch.zeros_like(a), torch.zeros_like(b), torch.zeros_like(weight), weight.new_zeros(R))
     block_r = min(_pow2(R), 32)
@@ -560,17 +563,7 @@ def backward(
     db_atomic = None if deterministic else torch.zeros(B, M, H, dtype=acc, device=a.device)
     dw_part = torch.empty(programs, R, H, dtype=acc, device=a.device)
     dbias_part = torch.empty(programs, R, dtype=acc, device=a.device)
-    meta = dict(
-        INNER=activations.CODES[inner],
-        OUTER=activations.CODES[outer],
-        HAS_BIAS=bias is not None,
-        HAS_MASK=m is not None,
-        ACC=acc_tl,
-        DOT=_dot_dtype(a.dtype),
-        PRECISION=_precision(a.dtype),
-        BLOCK_H=block_h,
-        BLOCK_R=block_r,
-    )
+    meta = dict(_pair_meta(a, bias, m, inner, outer), BLOCK_H=block_h, BLOCK_R=block_r)
     inputs = (
         a,
         b,
