@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
 from train import checkpoint, distributed
-from train.config import Config, ConfigError, OptimConfig, flatten, to_dict
+from train.config import DEVICES, Config, ConfigError, OptimConfig, flatten, to_dict
 from train.losses import ReIDLoss
 
 CHECKPOINT_NAME = "last.pt"
@@ -48,8 +48,8 @@ EVAL_ONLY_MUST_MATCH = ("model.",)
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"run.device: expected 'auto', 'cpu' or 'cuda', got {name!r}")
+    if name not in DEVICES:
+        raise ValueError(f"run.device: expected one of {list(DEVICES)}, got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("run.device: 'cuda' asked for but torch.cuda.is_available() is False")
     return torch.device(name)
@@ -109,8 +109,7 @@ class Trainer:
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 
-            checkpoint.remove_stale_temporaries(self.output / CHECKPOINT_NAME)
-
+            checkpoint.remove_stale_temporaries(self.output / CHECKPOINT_NAME)  # of a killed save
             self.writer = SummaryWriter(str(self.output / "tensorboard"))
 
     @property
