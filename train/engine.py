@@ -43,6 +43,8 @@ RESUME_MAY_CHANGE = (
     "optim.epochs",
 )
 EVAL_ONLY_MUST_MATCH = ("model.",)
+# Keys only training reads: under run.eval_only a change to them is accepted and has no effect.
+TRAINING_ONLY = ("optim.", "loss.", "data.P", "data.K", "data.seq_len", "run.sync_bn", "run.log_every")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -282,6 +284,11 @@ def config_changes(saved: dict, config: Config) -> list[tuple[str, Any, Any]]:
     default = flatten(to_dict(Config()))
     before = {**default, **flatten(saved)}
     return [(key, before[key], value) for key, value in flatten(to_dict(config)).items() if before[key] != value]
+
+
+def takes_effect(key: str, config: Config) -> bool:
+    """Whether a changed ``key`` accepted on resume changes anything in this run."""
+    return not (config.run.eval_only and key.startswith(TRAINING_ONLY))
 
 
 def _describe(changes: list[tuple[str, Any, Any]]) -> str:

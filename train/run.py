@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from train import distributed
 from train.checkpoint import CheckpointError
 from train.config import Config, ConfigError, dump, load_config, validate
-from train.engine import CHECKPOINT_NAME, Trainer, resolve_device
+from train.engine import CHECKPOINT_NAME, Trainer, resolve_device, takes_effect
 from train.evaluate import evaluate_model, summary_line
 from train.model import build_model
 
@@ -111,7 +111,8 @@ def run(config: Config, resume: str | None = None) -> dict:
         if rank == 0:
             print(f"resumed from {path} at epoch {trainer.epoch}", flush=True)
             for key, old, new in changes:
-                print(f"  config {key}: {old!r} -> {new!r} (takes effect)", flush=True)
+                effect = "takes effect" if takes_effect(key, config) else "no effect: nothing trains"
+                print(f"  config {key}: {old!r} -> {new!r} ({effect})", flush=True)
     if rank == 0:
         (output / "config.yaml").write_text(dump(config))
     start = time.perf_counter()
