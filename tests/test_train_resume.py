@@ -30,7 +30,7 @@ class NoisyClips(Dataset):
 
 
 def make_trainer(folder, init_seed: int, workers: int, **changes) -> Trainer:
-    """A tiny trainer; ``changes`` maps "section.key" (with "__" for ".") to a config value."""
+    """A tiny trainer; ``changes`` sets config values by ``section__key`` (for ``section.key``)."""
     torch.manual_seed(init_seed)
     backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
     model = VideoReIDModel(backbone, 8, 6, hidden_channels=8, relation_channels=4)
@@ -167,7 +167,6 @@ def test_each_epoch_summary_is_printed_when_the_epoch_ends(tmp_path, capsys):
 
 def test_a_new_trainer_removes_temporaries_of_a_killed_write(tmp_path):
     stale = tmp_path / f".{CHECKPOINT_NAME}.k3_x9abc.tmp"
-    stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"half a checkpoint")
     make_trainer(tmp_path, init_seed=0, workers=0).close()
     assert not stale.exists()
