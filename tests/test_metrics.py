@@ -99,6 +99,7 @@ def test_official_protocol_removes_same_camera_matches_first_and_keeps_cmc_and_m
     # query 0, hits at ranks 2 and 4: (1/4 + (2/4 + 1/3)/2) / 2 = 1/3; query 1, ranks 2 and 5: 23/80.
     assert official["mAP"] == pytest.approx((1 / 3 + 23 / 80) / 2)
     assert official["cmc"] == torchreid["cmc"] and official["mINP"] == torchreid["mINP"]
+    assert (official["protocol"], torchreid["protocol"]) == ("official", "torchreid")
 
 
 def _trapezoid_over_the_curve(distmat, q_pids, g_pids, q_cams, g_cams) -> float:

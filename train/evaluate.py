@@ -27,6 +27,7 @@ from train.rerank import k_reciprocal_rerank
 
 Tensor = torch.Tensor
 
+
 @torch.no_grad()
 def tracklet_feature(model: nn.Module, frames: Tensor, config: EvalConfig, device: torch.device) -> Tensor:
     """The (C,) embedding of one tracklet from its frames (N, 3, H, W)."""

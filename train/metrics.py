@@ -42,7 +42,7 @@ def evaluate(
     max_rank: int = 20,
     protocol: str = "torchreid",
 ) -> dict:
-    """{"mAP", "mINP", "cmc" (list, rank-1 first), "num_valid_queries", "num_skipped_queries"}.
+    """{"mAP", "mINP", "cmc" (list, rank-1 first), "num_valid_queries", "num_skipped_queries", "protocol"}.
 
     distmat: (num_q, num_g), smaller is closer. The CMC curve has min(max_rank, num_g) entries.
     protocol: "torchreid" or "official" (MARS's average precision). Raises ValueError when shapes
@@ -93,4 +93,5 @@ def evaluate(
         "cmc": (cmc_sum / valid).tolist(),
         "num_valid_queries": valid,
         "num_skipped_queries": num_q - valid,
+        "protocol": protocol,
     }

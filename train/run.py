@@ -123,7 +123,8 @@ def run(config: Config, resume: str | None = None) -> dict:
     trainer.close()
     metrics["train_seconds"] = train_seconds
     if rank == 0:
-        print(f"{config.data.name} / {config.model.head}: {summary_line(metrics)}", flush=True)
+        where = f"{config.data.name} ({metrics['protocol']} protocol) / {config.model.head}"
+        print(f"{where}: {summary_line(metrics)}", flush=True)
     return metrics
 
 
