@@ -135,6 +135,49 @@ def test_mars_bad_query_index_names_the_file(tmp_path, rows, message):
     assert message in str(err.value)
 
 
+def _mars_by_pathlib(root: Path) -> dict[str, list[tuple]]:
+    """MARS tracklets read the plain way (pathlib paths, frames sorted by number), as a reference."""
+
+    def read(subset: str) -> list[tuple]:
+        names = (root / "info" / f"{subset}_name.txt").read_text().split()
+        table = scipy.io.loadmat(root / "info" / f"tracks_{subset}_info.mat")[f"track_{subset}_info"]
+        out = []
+        for start, end, pid, cam in table.tolist():
+            if pid != -1:
+                paths = [root / f"bbox_{subset}" / n[:4] / n for n in names[start - 1 : end]]
+                paths.sort(key=lambda p: (int(re.search(r"F(\d+)\.jpg$", p.name).group(1)), str(p)))
+                out.append((tuple(str(p) for p in paths), pid, cam - 1))
+            else:
+                out.append(None)
+        return out
+
+    test = read("test")
+    query_rows = [r - 1 for r in scipy.io.loadmat(root / "info" / "query_IDX.mat")["query_IDX"].ravel()]
+    return {"train": [t for t in read("train") if t], "query": [test[r] for r in query_rows], "test": test}
+
+
+def test_mars_lists_equal_a_plain_pathlib_reading(tmp_path):
+    shuffled = [(3, 2, 4, [12, 3, 1000, 999, 1, 7]), *MARS_TEST]
+    root = write_mars(tmp_path / "tree", test=shuffled, query_rows=[4, 7])
+    expected = _mars_by_pathlib(root)
+    ds = load_dataset("mars", root, protocol="official")
+    pid_of = {old: new for new, old in enumerate(sorted({t[1] for t in expected["train"]}))}
+    assert [(t.frames, t.pid, t.camid) for t in ds.train] == [(f, pid_of[p], c) for f, p, c in expected["train"]]
+    assert [(t.frames, t.pid, t.camid) for t in ds.query] == expected["query"]
+    assert [(t.frames, t.pid, t.camid) for t in ds.gallery] == [t for t in expected["test"] if t]
+
+
+@pytest.mark.parametrize("name", ["../0005C1T0001F001.jpg", "/tmp/0005C1T0001F001.jpg", "0005/0005C1T0001F001.jpg"])
+def test_mars_name_list_entries_cannot_leave_the_image_folders(tmp_path, name):
+    write_mars(tmp_path)
+    names_path = tmp_path / "info" / "train_name.txt"
+    names = names_path.read_text().split("\n")
+    names[0] = name
+    names_path.write_text("\n".join(names))
+    with pytest.raises(ValueError, match=re.escape(f"lists {name!r}, which is not a MARS image name")):
+        load_dataset("mars", tmp_path)
+
+
 def test_mars_rejects_unknown_protocol_and_split(tmp_path):
     write_mars(tmp_path)
     with pytest.raises(ValueError, match="protocol"):
@@ -317,6 +360,16 @@ def test_prid2011_wrong_splits_content_names_the_file(tmp_path, splits, message)
     with pytest.raises(ValueError, match=re.escape(str(tmp_path / "splits_prid2011.json"))) as err:
         load_dataset("prid2011", tmp_path)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "entry", ["../../..", "/etc", "person_0001/../../../secret", "..", ".", "cam_b\\person_0500", "a\0b"]
+)
+def test_prid2011_split_entries_must_be_plain_folder_names(tmp_path, entry):
+    write_prid2011(tmp_path, [{"train": ["person_0001"], "test": ["person_0002", entry]}])
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "splits_prid2011.json"))) as err:
+        load_dataset("prid2011", tmp_path)
+    assert f"lists {entry!r} under 'test'; expected a plain person folder name" in str(err.value)
 
 
 def test_prid2011_unknown_person_names_the_folder(tmp_path):

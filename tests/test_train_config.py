@@ -1,10 +1,13 @@
-"""Config loading: YAML over defaults, dotted overrides, unknown keys and wrong types rejected."""
+"""Config loading: YAML over defaults, dotted overrides, unknown keys, wrong types and bad values
+rejected naming the key, before anything runs."""
+
+import re
 
 import pytest
 import torch
 
 import fastrel
-from train.config import ConfigError, load_config
+from train.config import RULES, Config, ConfigError, flatten, load_config, to_dict, validate
 from train.model import build_model
 
 
@@ -56,3 +59,75 @@ def test_large_map_config_puts_rgsa_on_512_positions_through_the_sort_path():
     model = build_model(config.model, num_classes=3)
     assert (model.spatial.relation.inner, model.spatial.relation.outer) == ("relu", "identity")
     assert (model.temporal.relation.inner, model.temporal.relation.outer) == ("relu", "identity")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("eval.mode=average", r"eval\.mode: expected one of \['chunks', 'all'\], got 'average'"),
+        ("eval.chunk_len=0", r"eval\.chunk_len: expected at least 1, got 0"),
+        ("eval.batch_size=-2", r"eval\.batch_size: expected at least 1, got -2"),
+        ("optim.epochs=0", r"optim\.epochs: expected at least 1, got 0"),
+        ("optim.lr=-0.1", r"optim\.lr: expected more than 0.0, got -0.1"),
+        ("optim.lr=.nan", r"optim\.lr: expected a finite number, got nan"),
+        ("optim.milestones=[10, 0]", r"optim\.milestones: item 1: expected at least 1"),
+        ("run.output=", r"run\.output: expected a non-empty string, got ''"),
+        ("run.output='  '", r"run\.output: expected a non-empty string"),
+        ("run.device=tpu", r"run\.device: expected one of"),
+        ("run.ddp_timeout_minutes=0", r"run\.ddp_timeout_minutes: expected more than 0.0"),
+        ("data.name=market1501", r"data\.name: expected one of \['mars'"),
+        ("data.protocol=mars", r"data\.protocol: expected one of \['torchreid', 'official'\]"),
+        ("loss.label_smoothing=1", r"loss\.label_smoothing: expected a value in \[0.0, 1.0\)"),
+    ],
+)
+def test_bad_values_fail_at_load_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_yaml_errors_name_the_override_key_or_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"^optim\.milestones: cannot read '\[10, 20' as a YAML value"):
+        load_config(None, ["optim.milestones=[10, 20"])
+    path = tmp_path / "broken.yaml"
+    path.write_text("optim:\n  lr: [0.1\n")
+    with pytest.raises(ConfigError, match=re.escape(str(path)) + ": not valid YAML"):
+        load_config(path)
+
+
+def test_every_rule_names_an_existing_key():
+    keys = set(flatten(to_dict(Config())))
+    assert set(RULES) <= keys
+    validate(Config())
+
+
+def test_run_rejects_a_bad_eval_value_before_reading_data_or_training(tmp_path, monkeypatch):
+    import train.run
+
+    def must_not_run(*args):
+        raise AssertionError("data loading started before the config was validated")
+
+    monkeypatch.setattr(train.run, "load_data", must_not_run)
+    config = Config()
+    config.run.output = str(tmp_path)
+    config.eval.mode = "mean"  # set directly, as a script would, past load_config
+    with pytest.raises(ConfigError, match=r"eval\.mode"):
+        train.run.run(config)
+
+
+def test_ddp_timeout_comes_from_the_config(monkeypatch):
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from train import distributed
+
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: seen.update(timeout=timeout))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    assert distributed.setup(torch.device("cpu"), Config().run.ddp_timeout_minutes) == (1, 2)
+    assert seen["timeout"] == timedelta(minutes=10)
+    distributed.setup(torch.device("cpu"), 2.5)
+    assert seen["timeout"] == timedelta(minutes=2.5)

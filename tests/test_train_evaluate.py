@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from train.config import EvalConfig
+from train.data.temporal import evenly
 from train.evaluate import cosine_distance, tracklet_feature
 from train.model import VideoReIDModel
 from train.rerank import k_reciprocal_rerank
@@ -83,3 +84,18 @@ def test_rerank_keeps_each_query_closest_to_its_own_cluster():
 def test_rerank_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="q_q, g_g"):
         k_reciprocal_rerank(np.zeros((2, 3)), np.zeros((2, 2)), np.zeros((2, 2)))
+
+
+def test_plots_and_evaluate_do_not_import_each_other():
+    import ast
+    from pathlib import Path
+
+    def imported(module: str) -> set[str]:
+        tree = ast.parse((Path(__file__).parents[1] / "train" / f"{module}.py").read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+            f"train.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "train"
+            for a in n.names
+        }
+
+    assert "train.evaluate" not in imported("plots")
+    assert evenly(9, 3).tolist() == [0, 4, 8] and evenly(4, 0).tolist() == [0, 1, 2, 3]

@@ -1,13 +1,18 @@
 """Typed run configuration: defaults here, a YAML file over them, ``key.sub=value`` overrides last.
 
 Every key a file or an override names must exist in the defaults; anything else is an error that
-names the key, so a misspelt option never silently does nothing.
+names the key, so a misspelt option never silently does nothing. Types come from the annotations;
+``validate`` then checks values against ``RULES`` (and that every float is finite) before a run
+starts, so a bad evaluation setting fails at once rather than after training. A new key gets its
+type check for free and a line in ``RULES`` when some values of its type are meaningless.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -90,6 +95,7 @@ class RunConfig:
     log_every: int = 10  # TensorBoard scalars every this many steps
     progress: bool = True  # tqdm bars on rank 0
     eval_only: bool = False
+    ddp_timeout_minutes: float = 10.0  # a collective waiting longer than this fails the run (a frozen rank)
 
 
 @dataclass
@@ -102,25 +108,140 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
+EVAL_MODES = ("chunks", "all")  # see train/evaluate.py
+DEVICES = ("auto", "cpu", "cuda")
+
+
 class ConfigError(ValueError):
-    """A config file or override names an unknown key or gives a value of the wrong type."""
+    """A config file or override names an unknown key or gives a value of the wrong type or range."""
+
+
+# A rule returns None for a good value, else what it expected.
+Rule = Callable[[Any], "str | None"]
+
+
+def at_least(low: float) -> Rule:
+    return lambda v: None if v >= low else f"expected at least {low}"
+
+
+def above(low: float) -> Rule:
+    return lambda v: None if v > low else f"expected more than {low}"
+
+
+def within(low: float, high: float, high_open: bool = False) -> Rule:
+    bracket = ")" if high_open else "]"
+    return lambda v: (
+        None if low <= v and (v < high if high_open else v <= high) else f"expected a value in [{low}, {high}{bracket}"
+    )
+
+
+def one_of(*choices: str) -> Rule:
+    return lambda v: None if v in choices else f"expected one of {list(choices)}"
+
+
+def non_empty(v: str) -> str | None:
+    return None if v.strip() else "expected a non-empty string"
+
+
+def each(rule: Rule) -> Rule:
+    return lambda values: next((f"item {i}: {e}" for i, v in enumerate(values) if (e := rule(v))), None)
+
+
+def optional(rule: Rule) -> Rule:
+    return lambda v: None if v is None else rule(v)
+
+
+RULES: dict[str, Rule] = {
+    "data.split_id": at_least(0),
+    "data.height": at_least(1),
+    "data.width": at_least(1),
+    "data.seq_len": at_least(1),
+    "data.P": at_least(1),
+    "data.K": at_least(1),
+    "data.workers": at_least(0),
+    "model.hidden_channels": optional(at_least(1)),
+    "model.relation_channels": optional(at_least(1)),
+    "loss.label_smoothing": within(0.0, 1.0, high_open=True),
+    "loss.margin": at_least(0.0),
+    "loss.frame_weight": at_least(0.0),
+    "loss.clip_weight": at_least(0.0),
+    "loss.triplet_weight": at_least(0.0),
+    "optim.lr": above(0.0),
+    "optim.weight_decay": at_least(0.0),
+    "optim.epochs": at_least(1),
+    "optim.milestones": each(at_least(1)),
+    "optim.gamma": above(0.0),
+    "optim.warmup_epochs": at_least(0),
+    "optim.warmup_factor": within(0.0, 1.0),
+    "optim.steps_per_epoch": at_least(0),
+    "eval.mode": one_of(*EVAL_MODES),
+    "eval.chunk_len": at_least(1),
+    "eval.max_frames": at_least(0),
+    "eval.batch_size": at_least(1),
+    "eval.k1": at_least(1),
+    "eval.k2": at_least(1),
+    "eval.lambda_value": within(0.0, 1.0),
+    "eval.period": at_least(0),
+    "eval.num_queries_shown": at_least(1),
+    "eval.top_k_shown": at_least(1),
+    "run.output": non_empty,
+    "run.seed": at_least(0),
+    "run.device": one_of(*DEVICES),
+    "run.log_every": at_least(1),
+    "run.ddp_timeout_minutes": above(0.0),
+}
 
 
 def load_config(path: str | Path | None = None, overrides: tuple[str, ...] | list[str] = ()) -> Config:
-    """Defaults, then the YAML file at ``path`` (if any), then ``key.sub=value`` overrides."""
+    """Defaults, then the YAML file at ``path`` (if any), then ``key.sub=value`` overrides; validated."""
     config = Config()
     if path is not None:
         with open(path) as handle:
-            tree = yaml.safe_load(handle) or {}
+            try:
+                tree = yaml.safe_load(handle) or {}
+            except yaml.YAMLError as err:
+                raise ConfigError(f"{path}: not valid YAML: {err}") from err
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")
         _merge(config, tree, prefix="")
     for item in overrides:
         key, sep, text = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected the form key.sub=value")
-        set_value(config, key.strip(), yaml.safe_load(text) if text.strip() else "")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{key}: cannot read {text!r} as a YAML value: {err}") from err
+        set_value(config, key, value)
+    validate(config)
     return config
+
+
+def validate(config: Config) -> None:
+    """Raise ConfigError naming the first key whose value breaks its rule or is a non-finite float."""
+    from train.data.registry import DATASETS  # the readers own the dataset and protocol names
+    from train.data.tracklet import PROTOCOLS
+
+    rules = {**RULES, "data.name": one_of(*DATASETS), "data.protocol": one_of(*PROTOCOLS)}
+    for key, value in flatten(to_dict(config)).items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        problem = rules[key](value) if key in rules else None
+        if problem:
+            raise ConfigError(f"{key}: {problem}, got {value!r}")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def set_value(config: Config, dotted: str, value: Any) -> None:

@@ -17,13 +17,17 @@ from torch import nn
 Tensor = torch.Tensor
 
 
-def setup(device: torch.device) -> tuple[int, int]:
-    """Join the process group torchrun describes (gloo on CPU, nccl on GPU); (rank, world_size)."""
+def setup(device: torch.device, timeout_minutes: float) -> tuple[int, int]:
+    """Join the process group torchrun describes (gloo on CPU, nccl on GPU); (rank, world_size).
+
+    A collective that waits longer than ``timeout_minutes`` (``run.ddp_timeout_minutes``: a frozen
+    or dead rank) fails the run instead of stalling it.
+    """
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
         return 0, 1
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(minutes=30))
+        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -4,7 +4,8 @@ checkpoints and exact resumption.
 Resumption is exact because everything random is either restored or re-derived: the checkpoint
 stores model, optimizer, scheduler, the next epoch and every rank's RNG states; samplers are
 seeded by (seed, epoch) through ``set_epoch``; evaluation loaders use their own generator so they
-never draw from the global RNG.
+never draw from the global RNG. A resumed training therefore refuses a config that differs from
+the saved one in a key that shapes what the epochs compute (see ``RESUME_MAY_CHANGE``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,17 +22,36 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 
 from train import checkpoint, distributed
-from train.config import Config, OptimConfig, to_dict
+from train.config import DEVICES, Config, ConfigError, OptimConfig, flatten, to_dict
 from train.losses import ReIDLoss
 
 CHECKPOINT_NAME = "last.pt"
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "config")
+
+# Keys a resumed training may change: they decide what is evaluated, shown, written where, how
+# long the run is and how a stall is timed out, not what the finished epochs computed (data.workers
+# changes which augmentations later batches draw: the run goes on, no longer bit-exact). Any other
+# change is refused. With run.eval_only nothing trains, so only model.* must match the weights.
+RESUME_MAY_CHANGE = (
+    "eval.",
+    "run.output",
+    "run.progress",
+    "run.log_every",
+    "run.eval_only",
+    "run.ddp_timeout_minutes",
+    "data.workers",
+    "optim.epochs",
+)
+EVAL_ONLY_MUST_MATCH = ("model.",)
+# Keys only training reads: under run.eval_only a change to them is accepted and has no effect.
+TRAINING_ONLY = ("optim.", "loss.", "data.P", "data.K", "data.seq_len", "run.sync_bn", "run.log_every")
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"run.device: expected 'auto', 'cpu' or 'cuda', got {name!r}")
+    if name not in DEVICES:
+        raise ValueError(f"run.device: expected one of {list(DEVICES)}, got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("run.device: 'cuda' asked for but torch.cuda.is_available() is False")
     return torch.device(name)
@@ -90,6 +111,7 @@ class Trainer:
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 
+            checkpoint.remove_stale_temporaries(self.output / CHECKPOINT_NAME)  # of a killed save
             self.writer = SummaryWriter(str(self.output / "tensorboard"))
 
     @property
@@ -146,7 +168,8 @@ class Trainer:
         return {key: value / max(steps, 1) for key, value in totals.items()}
 
     def fit(self) -> list[dict]:
-        """Train from ``self.epoch`` to ``optim.epochs``; a list of per-epoch summaries (rank 0)."""
+        """Train from ``self.epoch`` to ``optim.epochs``, printing each epoch's summary (rank 0) as it
+        ends; the list of per-epoch summaries."""
         history = []
         for epoch in range(self.epoch, self.config.optim.epochs):
             start = time.perf_counter()
@@ -165,6 +188,9 @@ class Trainer:
                 and self.epoch < self.config.optim.epochs
             ):
                 summary.update(self.evaluate(self.model, self.epoch))
+            if self.rank == 0:
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in summary.items() if k != "epoch")
+                print(f"epoch {self.epoch}/{self.config.optim.epochs}: {shown}", flush=True)
             if self.writer is not None:
                 for key, value in summary.items():
                     if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
@@ -183,21 +209,37 @@ class Trainer:
         }
 
     def save(self) -> None:
-        """Write ``last.pt`` atomically (rank 0) with every rank's RNG states."""
+        """Write ``last.pt`` atomically (rank 0) with every rank's RNG states.
+
+        Non-finite weights (a diverged run) raise on every rank instead, and the last checkpoint
+        stays as it was."""
+        path = self.output / CHECKPOINT_NAME
+        bad = checkpoint.non_finite(self.model.state_dict())
+        if bad:
+            raise FloatingPointError(
+                f"epoch {self.epoch}: non-finite weights in {', '.join(bad[:5])}; training diverged, "
+                f"{path} keeps the last finite state"
+            )
         rng = distributed.gather_objects(checkpoint.rng_state())
         if self.rank == 0:
             state = self.state()
             state["rng"] = rng
-            checkpoint.save_atomic(state, self.output / CHECKPOINT_NAME)
+            checkpoint.save_atomic(state, path)
         distributed.barrier()
 
-    def resume(self, path: Path, restore_rng: bool = True) -> None:
+    def resume(self, path: Path, restore_rng: bool = True) -> list[tuple[str, Any, Any]]:
         """Continue from the checkpoint at ``path`` exactly where the run that wrote it stopped.
 
         ``restore_rng=False`` loads the states but not the RNGs (any number of processes), for
-        evaluation of a finished run.
+        evaluation of a finished run. The config must equal the saved one except in keys of
+        ``RESUME_MAY_CHANGE`` (all but model.* under ``run.eval_only``); returns those changes as
+        (key, saved, now), and raises ConfigError naming every changed key otherwise.
         """
         state = checkpoint.load(path)
+        missing = [key for key in CHECKPOINT_KEYS if key not in state]
+        if missing:
+            raise checkpoint.CheckpointError(f"{path}: not a training checkpoint, it lacks {missing}")
+        changes = self.check_config(state["config"], path)
         if restore_rng and len(state["rng"]) != self.world_size:
             raise ValueError(
                 f"resume: {path} was written by {len(state['rng'])} processes, this run has {self.world_size}; "
@@ -209,7 +251,45 @@ class Trainer:
         self.epoch = int(state["epoch"])
         if restore_rng:
             checkpoint.set_rng_state(state["rng"][self.rank])
+        return changes
+
+    def check_config(self, saved: Any, path: Path) -> list[tuple[str, Any, Any]]:
+        """The changes of ``self.config`` from the ``saved`` config dict that may take effect on resume."""
+        if not isinstance(saved, dict):
+            raise checkpoint.CheckpointError(f"{path}: 'config' is a {type(saved).__name__}, not a dict")
+        changes = config_changes(saved, self.config)
+        if self.config.run.eval_only:
+            refused = [c for c in changes if c[0].startswith(EVAL_ONLY_MUST_MATCH)]
+            why = "the saved weights were built with"
+        else:
+            refused = [c for c in changes if not c[0].startswith(RESUME_MAY_CHANGE)]
+            why = "an exact continuation needs"
+        if refused:
+            allowed = [c for c in changes if c not in refused]
+            raise ConfigError(
+                f"resume: {path} was saved with another config; {why} these keys as saved: {_describe(refused)}"
+                + (f" (the other changes would take effect: {_describe(allowed)})" if allowed else "")
+                + "; restore them, or start a new run in another run.output"
+            )
+        return changes
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def config_changes(saved: dict, config: Config) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, current value) for every current key that differs. A key the saved config
+    lacks (added since) counts as its default; saved keys that no longer exist are ignored."""
+    default = flatten(to_dict(Config()))
+    before = {**default, **flatten(saved)}
+    return [(key, before[key], value) for key, value in flatten(to_dict(config)).items() if before[key] != value]
+
+
+def takes_effect(key: str, config: Config) -> bool:
+    """Whether a changed ``key`` accepted on resume changes anything in this run."""
+    return not (config.run.eval_only and key.startswith(TRAINING_ONLY))
+
+
+def _describe(changes: list[tuple[str, Any, Any]]) -> str:
+    return ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes)

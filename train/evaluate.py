@@ -20,20 +20,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from train import distributed
-from train.config import Config, EvalConfig
+from train.config import EVAL_MODES, Config, EvalConfig
+from train.data.temporal import evenly
 from train.metrics import evaluate
 from train.rerank import k_reciprocal_rerank
 
 Tensor = torch.Tensor
-
-EVAL_MODES = ("chunks", "all")
-
-
-def evenly(n: int, limit: int) -> Tensor:
-    """Indices of at most ``limit`` frames spread evenly over ``n`` (all when limit ≤ 0 or ≥ n)."""
-    if limit <= 0 or limit >= n:
-        return torch.arange(n)
-    return torch.linspace(0, n - 1, limit).round().long()
 
 
 @torch.no_grad()
@@ -125,7 +117,7 @@ def evaluate_model(
         q_cams = np.array([t.camid for t in dataset.query])
         g_cams = np.array([t.camid for t in dataset.gallery])
         distmat = cosine_distance(qf, gf).numpy()
-        metrics = evaluate(distmat, q_pids, g_pids, q_cams, g_cams)
+        metrics = evaluate(distmat, q_pids, g_pids, q_cams, g_cams, protocol=dataset.protocol)
         if config.eval.rerank:
             reranked = k_reciprocal_rerank(
                 distmat,
@@ -135,7 +127,7 @@ def evaluate_model(
                 config.eval.k2,
                 config.eval.lambda_value,
             )
-            metrics["rerank"] = evaluate(reranked, q_pids, g_pids, q_cams, g_cams)
+            metrics["rerank"] = evaluate(reranked, q_pids, g_pids, q_cams, g_cams, protocol=dataset.protocol)
         if output is not None:
             from train import plots
 

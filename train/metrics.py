@@ -1,13 +1,36 @@
-"""Re-ID ranking metrics with torchreid's protocol: CMC, mAP and mINP from a query×gallery distance matrix.
+"""Re-ID ranking metrics: CMC, mAP and mINP from a query×gallery distance matrix.
 
 For each query, gallery items with the same identity *and* the same camera are removed (they are
 too easy); queries left with no true match are skipped and counted. Ties in distance keep the
-gallery order (a stable sort), so results are reproducible.
+gallery order (a stable sort), so results are reproducible. The protocol picks the average
+precision (docs/evaluation.md): "torchreid" takes the mean of the precisions at the true matches,
+"official" the trapezoid rule over the precision–recall curve from (recall 0, precision 1), as
+MARS's evaluation code (compute_AP.m) does. CMC and mINP are the same under both.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def average_precision_torchreid(ranks: np.ndarray) -> float:
+    """Mean over the true matches of the precision at each: (1/G) Σₖ k / iₖ, iₖ the 1-based rank of the k-th."""
+    k = np.arange(1, len(ranks) + 1)
+    return float(np.mean(k / ranks))
+
+
+def average_precision_mars(ranks: np.ndarray) -> float:
+    """Trapezoid rule over recall: (1/G) Σₖ ½ (k / iₖ + (k − 1) / (iₖ − 1)), the second term 1 when iₖ = 1.
+
+    Recall steps by 1/G at each true match; between ranks iₖ − 1 and iₖ the precision goes from
+    (k − 1)/(iₖ − 1) to k/iₖ, and the curve starts at precision 1 before the first rank.
+    """
+    k = np.arange(1, len(ranks) + 1)
+    before = np.where(ranks > 1, (k - 1) / np.maximum(ranks - 1, 1), 1.0)
+    return float(np.mean((k / ranks + before) / 2))
+
+
+AVERAGE_PRECISION = {"torchreid": average_precision_torchreid, "official": average_precision_mars}
 
 
 def evaluate(
@@ -17,12 +40,17 @@ def evaluate(
     q_camids: np.ndarray,
     g_camids: np.ndarray,
     max_rank: int = 20,
+    protocol: str = "torchreid",
 ) -> dict:
-    """{"mAP", "mINP", "cmc" (list, rank-1 first), "num_valid_queries", "num_skipped_queries"}.
+    """{"mAP", "mINP", "cmc" (list, rank-1 first), "num_valid_queries", "num_skipped_queries", "protocol"}.
 
     distmat: (num_q, num_g), smaller is closer. The CMC curve has min(max_rank, num_g) entries.
-    Raises ValueError when shapes disagree or no query has a match.
+    protocol: "torchreid" or "official" (MARS's average precision). Raises ValueError when shapes
+    disagree, the protocol is unknown or no query has a match.
     """
+    if protocol not in AVERAGE_PRECISION:
+        raise ValueError(f"protocol: expected one of {list(AVERAGE_PRECISION)}, got {protocol!r}")
+    average_precision = AVERAGE_PRECISION[protocol]
     distmat = np.asarray(distmat)
     q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
     q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
@@ -53,10 +81,9 @@ def evaluate(
         first = int(np.argmax(hits))
         if first < max_rank:
             cmc_sum[first:] += 1.0
-        cum_hits = np.cumsum(hits)
-        positions = np.flatnonzero(hits)
-        aps.append(float(np.mean(cum_hits[positions] / (positions + 1.0))))
-        inps.append(float(cum_hits[positions[-1]] / (positions[-1] + 1.0)))
+        ranks = np.flatnonzero(hits) + 1.0
+        aps.append(average_precision(ranks))
+        inps.append(float(len(ranks) / ranks[-1]))
     valid = len(aps)
     if valid == 0:
         raise ValueError("q_pids: no query has a match in the gallery (after same-camera removal)")
@@ -66,4 +93,5 @@ def evaluate(
         "cmc": (cmc_sum / valid).tolist(),
         "num_valid_queries": valid,
         "num_skipped_queries": num_q - valid,
+        "protocol": protocol,
     }

@@ -16,6 +16,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from train.config import Config  # noqa: E402
+from train.data.temporal import evenly  # noqa: E402
 
 
 def plot_cmc(curves: dict[str, list[float]], path: Path) -> None:
@@ -39,8 +40,6 @@ def plot_cmc(curves: dict[str, list[float]], path: Path) -> None:
 def _frames_and_attention(model, tracklet, transform, config: Config, device, count: int):
     """``count`` evenly spaced frames of ``tracklet`` as display images and their attention maps
     (None for a model without RGSA), computed over an evenly sampled clip."""
-    from train.evaluate import evenly
-
     picks = evenly(len(tracklet.frames), config.eval.chunk_len).tolist()
     images = [Image.open(tracklet.frames[i]).convert("RGB") for i in picks]
     clip = transform(images)[None].to(device)

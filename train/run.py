@@ -19,8 +19,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from train import distributed
-from train.config import Config, ConfigError, dump, load_config
-from train.engine import CHECKPOINT_NAME, Trainer, resolve_device
+from train.checkpoint import CheckpointError
+from train.config import Config, ConfigError, dump, load_config, validate
+from train.engine import CHECKPOINT_NAME, Trainer, resolve_device, takes_effect
 from train.evaluate import evaluate_model, summary_line
 from train.model import build_model
 
@@ -78,17 +79,20 @@ def train_loader(dataset, config: Config, device: torch.device) -> DataLoader:
 
 
 def run(config: Config, resume: str | None = None) -> dict:
-    """Train (unless ``run.eval_only``) and evaluate; the metrics (on every rank)."""
+    """Train (unless ``run.eval_only``) and evaluate; the metrics (on every rank).
+
+    The whole config is validated before anything runs, so a bad evaluation setting fails now,
+    not after training."""
+    validate(config)
     device = resolve_device(config.run.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    rank, _ = distributed.setup(device)
+    rank, _ = distributed.setup(device, config.run.ddp_timeout_minutes)
     seed_everything(config.run.seed + rank)
     output = Path(config.run.output)
     if rank == 0:
         output.mkdir(parents=True, exist_ok=True)
-        (output / "config.yaml").write_text(dump(config))
     dataset = load_data(config)
     if rank == 0:
         print(dataset.summary(), flush=True)
@@ -103,21 +107,24 @@ def run(config: Config, resume: str | None = None) -> dict:
     )
     if resume is not None:
         path = Path(resume) if resume else output / CHECKPOINT_NAME
-        trainer.resume(path, restore_rng=not config.run.eval_only)
+        changes = trainer.resume(path, restore_rng=not config.run.eval_only)
         if rank == 0:
             print(f"resumed from {path} at epoch {trainer.epoch}", flush=True)
+            for key, old, new in changes:
+                effect = "takes effect" if takes_effect(key, config) else "no effect: nothing trains"
+                print(f"  config {key}: {old!r} -> {new!r} ({effect})", flush=True)
+    if rank == 0:
+        (output / "config.yaml").write_text(dump(config))
     start = time.perf_counter()
     if not config.run.eval_only:
-        for summary in trainer.fit():
-            if rank == 0:
-                shown = ", ".join(f"{k} {v:.4g}" for k, v in summary.items() if k != "epoch")
-                print(f"epoch {summary['epoch']}: {shown}", flush=True)
+        trainer.fit()
     train_seconds = time.perf_counter() - start
     metrics = evaluate_model(trainer.model, dataset, config, device, output / "eval", label=config.model.head)
     trainer.close()
     metrics["train_seconds"] = train_seconds
     if rank == 0:
-        print(f"{config.data.name} / {config.model.head}: {summary_line(metrics)}", flush=True)
+        where = f"{config.data.name} ({metrics['protocol']} protocol) / {config.model.head}"
+        print(f"{where}: {summary_line(metrics)}", flush=True)
     return metrics
 
 
@@ -145,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     try:
         run(config, args.resume)
+    except (ConfigError, CheckpointError) as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr, flush=True)
+        return 2
     finally:
         distributed.cleanup()
     return 0

@@ -8,6 +8,7 @@ pid 0 (distractors) stays in the gallery.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -21,12 +22,10 @@ from train.data.tracklet import (
     relabel,
     require_dir,
     require_file,
-    sort_by_frame_number,
 )
 
 # pid (four digits, or "00-1" for junk), camera, tracklet number, frame number.
 MARS_NAME = re.compile(r"^(\d{4}|00-1)C(\d+)T(\d+)F(\d+)\.jpg$")
-MARS_FRAME = re.compile(r"F(\d+)\.jpg$")
 JUNK_PID = -1
 
 
@@ -39,7 +38,7 @@ def mars_image_name(pid: int, camid: int, tracklet: int, frame: int) -> str:
 def _read_names(path: Path) -> list[str]:
     require_file(path, "MARS image name list")
     with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
+        return [name for name in (line.strip() for line in f) if name]
 
 
 def _load_track_info(path: Path, key: str, num_names: int) -> np.ndarray:
@@ -62,24 +61,31 @@ def _load_track_info(path: Path, key: str, num_names: int) -> np.ndarray:
 def _tracklets(
     table: np.ndarray, names: list[str], image_dir: Path, table_path: Path
 ) -> list[Tracklet | None]:
-    """One Tracklet per table row (None for junk rows), frames sorted by frame number."""
+    """One Tracklet per table row (None for junk rows), frames sorted by frame number.
+
+    Paths are built as strings (``<image_dir>/<pid>/<name>``, what ``str(image_dir / pid / name)``
+    gives): the release lists 1.19 M names, and pathlib objects would cost most of the read time.
+    """
+    folder = f"{image_dir}{os.sep}"
     tracklets: list[Tracklet | None] = []
     for row, (start, end, pid, camid) in enumerate(table.tolist()):
         if pid == JUNK_PID:
             tracklets.append(None)
             continue
-        row_names = names[start - 1 : end]
-        for name in row_names:
-            match = MARS_NAME.match(name)
+        pid_text = f"{pid:04d}"
+        keyed = []
+        for name in names[start - 1 : end]:
+            match = MARS_NAME.fullmatch(name)
             if match is None:
                 raise ValueError(f"{table_path}: row {row} lists {name!r}, which is not a MARS image name")
-            name_pid = JUNK_PID if match.group(1) == "00-1" else int(match.group(1))
-            if (name_pid, int(match.group(2))) != (pid, camid):
+            name_pid, name_cam, _, frame = match.groups()
+            if name_pid != pid_text or int(name_cam) != camid:
                 raise ValueError(
                     f"{table_path}: row {row} has pid {pid} camera {camid} but lists image {name!r}"
                 )
-        paths = [image_dir / name[:4] / name for name in row_names]
-        tracklets.append(Tracklet(sort_by_frame_number(paths, MARS_FRAME), pid, camid - 1))
+            keyed.append((int(frame), f"{folder}{name_pid}{os.sep}{name}"))
+        keyed.sort()
+        tracklets.append(Tracklet(tuple(path for _, path in keyed), pid, camid - 1))
     return tracklets
 
 

@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from train.data.tracklet import VideoDataset, require_dir, require_file
+from train.data.tracklet import VideoDataset, is_plain_name, require_dir, require_file
 from train.data.two_camera import two_camera_split
 
 PRID_FRAME = re.compile(r"(\d+)\.png$")
@@ -33,6 +33,12 @@ def _read_split(path: Path, split_id: int) -> tuple[list[str], list[str]]:
         names = split.get(key) if isinstance(split, dict) else None
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise ValueError(f"{path}: split {split_id} needs a non-empty list of folder names under {key!r}")
+        bad = [n for n in names if not is_plain_name(n)]
+        if bad:
+            raise ValueError(
+                f"{path}: split {split_id} lists {bad[0]!r} under {key!r}; expected a plain person folder "
+                "name (no path separator, '.' or '..'), so every entry stays inside the dataset"
+            )
         parts.append(names)
     if set(parts[0]) & set(parts[1]):
         raise ValueError(f"{path}: split {split_id} has persons in both train and test")

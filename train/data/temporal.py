@@ -34,3 +34,10 @@ def frame_indices(
         bounds[j] + min(int(offsets[j] * (bounds[j + 1] - bounds[j])), bounds[j + 1] - bounds[j] - 1)
         for j in range(seq_len)
     ]
+
+
+def evenly(n: int, limit: int) -> torch.Tensor:
+    """Indices of at most ``limit`` frames spread evenly over ``n`` (all when limit ≤ 0 or ≥ n)."""
+    if limit <= 0 or limit >= n:
+        return torch.arange(n)
+    return torch.linspace(0, n - 1, limit).round().long()

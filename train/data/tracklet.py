@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -101,3 +102,13 @@ def require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     return path
+
+
+def is_plain_name(name: str) -> bool:
+    """True for one path component (a file or folder name): not empty, '.' or '..', no separator or NUL.
+
+    Names read from a dataset's index files must be plain, so an entry cannot reach outside the
+    dataset root (``../../..`` or an absolute path).
+    """
+    separators = {"/", "\\", os.sep, os.altsep} - {None}
+    return name not in ("", ".", "..") and "\0" not in name and not any(sep in name for sep in separators)
