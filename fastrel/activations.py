@@ -37,9 +37,9 @@ def activate(x: torch.Tensor, name: str) -> torch.Tensor:
 def derivative(x: torch.Tensor, name: str) -> torch.Tensor:
     """δ'(x) or σ'(x) for activation ``name`` (same dtype as ``x``), as autograd takes it."""
     if name == "relu":
-        return torch.where(x <= 0, 0.0, 1.0).to(x.dtype)  # NaN: 1, as torch.relu's backward
+        return torch.where(x <= 0, x.new_tensor(0.0), x.new_tensor(1.0))  # NaN: 1, as torch.relu's backward
     if name == "leaky_relu":
-        return torch.where(x > 0, 1.0, LEAKY_SLOPE).to(x.dtype)
+        return torch.where(x > 0, x.new_tensor(1.0), x.new_tensor(LEAKY_SLOPE))
     if name == "abs":
         return torch.sign(x).nan_to_num(nan=0.0)  # NaN: 0, as torch.abs's backward
     if name == "identity":
