@@ -24,27 +24,32 @@ def _import() -> ModuleType:
     return _C
 
 
+def _mismatch(extension: ModuleType) -> Optional[str]:
+    codes = getattr(extension, "ACTIVATION_CODES", None)
+    if codes == CODES:
+        return None
+    return (
+        f"fastrel._C was built with activation codes {codes}, fastrel.activations has {CODES}: "
+        "rebuild it (python setup.py build_ext --inplace)"
+    )
+
+
 def unavailable() -> Optional[str]:
     """None when fastrel._C is built and speaks fastrel.activations' codes, else why it cannot be used."""
     try:
         extension = _import()
     except ImportError as error:
         return f"fastrel._C is not built ({error})"
-    codes = getattr(extension, "ACTIVATION_CODES", None)
-    if codes != CODES:
-        return (
-            f"fastrel._C was built with activation codes {codes}, fastrel.activations has {CODES}: "
-            "rebuild it (python setup.py build_ext --inplace)"
-        )
-    return None
+    return _mismatch(extension)
 
 
 def module() -> ModuleType:
-    """fastrel._C; raises ImportError saying why when it is not built or does not match."""
-    reason = unavailable()
+    """fastrel._C; raises ImportError when it is not built or its activation codes differ."""
+    extension = _import()
+    reason = _mismatch(extension)
     if reason is not None:
         raise ImportError(reason)
-    return _import()
+    return extension
 
 
 def kernels(device: str) -> tuple[Forward, Backward]:
