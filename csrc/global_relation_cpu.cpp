@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "checks.h"
 #include "global_relation.h"
 #include "relation_math.h"
 
@@ -43,11 +44,11 @@ class SingleThreadedBlas {
   int previous_;
 };
 
-int64_t ceil_div(int64_t x, int64_t y) { return (x + y - 1) / y; }
-
-// Keys per tile for a given row count and hidden size.
+// Keys per tile of kTileRows rows for hidden size H (H = 0 included), elements of acc_t.
+template <typename acc_t>
 int64_t tile_keys(int64_t H) {
-  const int64_t pairs = std::max<int64_t>(kTileBytes / (4 * H), kTileRows);
+  const int64_t row_bytes = static_cast<int64_t>(sizeof(acc_t)) * std::max<int64_t>(H, 1);
+  const int64_t pairs = std::max<int64_t>(kTileBytes / row_bytes, kTileRows);
   return std::max<int64_t>(pairs / kTileRows, 1);
 }
 
@@ -83,6 +84,8 @@ struct Problem {
 
   const int64_t* keys(int64_t batch) const { return valid->keys.data() + batch * M; }
   int64_t count(int64_t batch) const { return valid->counts[batch]; }
+  // [Σ_j m_j > 0]: whether the bias, and any gradient, reaches this batch element's rows.
+  bool has_key(int64_t batch) const { return count(batch) > 0; }
   acc_t inv_count(int64_t batch) const { return acc_t(1) / acc_t(std::max<int64_t>(count(batch), 1)); }
 };
 
@@ -132,7 +135,7 @@ void form_differences(const acc_t* a, int64_t ri, const acc_t* b, int64_t kj, in
 template <int IN, int OUT, typename scalar_t>
 void forward_pairs(const Problem<scalar_t>& pb, scalar_t* g) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t H = pb.H, R = pb.R, kt = tile_keys(H);
+  const int64_t H = pb.H, R = pb.R, kt = tile_keys<acc_t>(H);
   const RowUnits units(pb.B, pb.N, kTileRows);
   const at::Tensor weight_t = pb.weight.t();
   at::parallel_for(0, pb.B * units.tiles, 1, [&](int64_t begin, int64_t end) {
@@ -171,7 +174,7 @@ template <int IN, int OUT, typename scalar_t>
 void backward_pairs(const Problem<scalar_t>& pb, const scalar_t* grad, scalar_t* da, at::Tensor& dw_parts,
                     at::Tensor& dbias_parts, at::Tensor& db_parts, const RowUnits& units) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t H = pb.H, R = pb.R, M = pb.M, kt = tile_keys(H);
+  const int64_t H = pb.H, R = pb.R, M = pb.M, kt = tile_keys<acc_t>(H);
   const at::Tensor weight = pb.weight, weight_t = pb.weight.t();
   at::parallel_for(0, pb.B * units.chunks, 1, [&](int64_t begin, int64_t end) {
     SingleThreadedBlas single;
@@ -181,7 +184,7 @@ void backward_pairs(const Problem<scalar_t>& pb, const scalar_t* grad, scalar_t*
     std::vector<acc_t> a_tile(kTileRows * H), b_tile(kt * H), g_tile(kTileRows * R), da_tile(kTileRows * H);
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t batch = unit / units.chunks, chunk = unit % units.chunks, count = pb.count(batch);
-      if (count == 0) continue;
+      if (!pb.has_key(batch)) continue;
       at::Tensor dw_part = dw_parts[unit];
       acc_t* dbias_part = dbias_parts[unit].data_ptr<acc_t>();
       acc_t* db_part = db_parts[unit].data_ptr<acc_t>();
@@ -268,7 +271,7 @@ void sum_over_keys(const Problem<scalar_t>& pb, int64_t batch, const std::type_i
 template <int IN, typename scalar_t>
 void forward_means(const Problem<scalar_t>& pb, scalar_t* g) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t H = pb.H, R = pb.R, kt = tile_keys(H);
+  const int64_t H = pb.H, R = pb.R, kt = tile_keys<acc_t>(H);
   const RowUnits units(pb.B, pb.N, kTileRows);
   const at::Tensor weight_t = pb.weight.t();
   at::parallel_for(0, pb.B * units.tiles, 1, [&](int64_t begin, int64_t end) {
@@ -280,7 +283,7 @@ void forward_means(const Problem<scalar_t>& pb, scalar_t* g) {
       const int64_t batch = unit / units.tiles, i0 = (unit % units.tiles) * kTileRows;
       const int64_t ri = std::min(kTileRows, pb.N - i0);
       scalar_t* out = g + (batch * pb.N + i0) * R;
-      if (pb.count(batch) == 0) {
+      if (!pb.has_key(batch)) {
         std::fill(out, out + ri * R, static_cast<scalar_t>(0));
         continue;
       }
@@ -305,7 +308,7 @@ template <int IN, typename scalar_t>
 void backward_means(const Problem<scalar_t>& pb, const scalar_t* grad, scalar_t* da, scalar_t* db,
                     at::Tensor& dw_parts, at::Tensor& dbias_parts, const RowUnits& units) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t H = pb.H, R = pb.R, N = pb.N, kt = tile_keys(H);
+  const int64_t H = pb.H, R = pb.R, N = pb.N, kt = tile_keys<acc_t>(H);
   const auto opts = acc_options<acc_t>();
   at::Tensor v = at::zeros({pb.B, N, H}, opts);
   acc_t* vp = v.data_ptr<acc_t>();
@@ -315,7 +318,7 @@ void backward_means(const Problem<scalar_t>& pb, const scalar_t* grad, scalar_t*
     std::vector<acc_t> a_tile(kTileRows * H), b_tile(kt * H), slopes(kTileRows * H);
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t batch = unit / units.chunks, chunk = unit % units.chunks, count = pb.count(batch);
-      if (count == 0) continue;
+      if (!pb.has_key(batch)) continue;
       at::Tensor dw_part = dw_parts[unit];
       acc_t* dbias_part = dbias_parts[unit].data_ptr<acc_t>();
       const acc_t scale = pb.inv_count(batch);
@@ -396,7 +399,7 @@ void dispatch_inner(int64_t inner, F&& f) {
     case kLeakyRelu: return f(std::integral_constant<int, kLeakyRelu>{});
     case kAbs: return f(std::integral_constant<int, kAbs>{});
   }
-  TORCH_CHECK_VALUE(false, "global_relation_cpu: inner: unknown activation code ", inner);
+  TORCH_CHECK_VALUE(false, "inner: unknown activation code ", inner);
 }
 
 template <typename F>
@@ -406,70 +409,16 @@ void dispatch_outer(int64_t outer, F&& f) {
     case kRelu: return f(std::integral_constant<int, kRelu>{});
     case kLeakyRelu: return f(std::integral_constant<int, kLeakyRelu>{});
   }
-  TORCH_CHECK_VALUE(false, "global_relation_cpu: outer: unknown activation code ", outer);
-}
-
-void check_tensor(const at::Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), "global_relation_cpu: ", name, ": expected a CPU tensor, got device ",
-                    t.device());
-  TORCH_CHECK_VALUE(t.dim() == dim, "global_relation_cpu: ", name, ": expected ", dim, " dimensions, got shape ",
-                    t.sizes());
-  TORCH_CHECK_VALUE(t.is_contiguous(), "global_relation_cpu: ", name, ": expected a contiguous tensor, got strides ",
-                    t.strides());
-}
-
-void check_same_dtype(const at::Tensor& t, const char* name, const at::Tensor& a) {
-  TORCH_CHECK_TYPE(t.scalar_type() == a.scalar_type(), "global_relation_cpu: ", name, ": expected dtype ",
-                   a.scalar_type(), " to match a, got ", t.scalar_type());
-}
-
-void check_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
-                  const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& key_mask, int64_t inner,
-                  int64_t outer) {
-  check_tensor(a, "a", 3);
-  check_tensor(b, "b", 3);
-  check_tensor(weight, "weight", 2);
-  const auto dtype = a.scalar_type();
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
-                   "global_relation_cpu: a: expected dtype float64, float32, bfloat16 or float16, got ", dtype);
-  check_same_dtype(b, "b", a);
-  check_same_dtype(weight, "weight", a);
-  const int64_t B = a.size(0), H = a.size(2);
-  TORCH_CHECK_VALUE(b.size(0) == B && b.size(2) == H, "global_relation_cpu: b: expected shape (", B, ", M, ", H,
-                    ") to match a, got ", b.sizes());
-  TORCH_CHECK_VALUE(weight.size(1) == H, "global_relation_cpu: weight: expected shape (R, ", H, "), got ",
-                    weight.sizes());
-  if (bias.has_value()) {
-    check_tensor(*bias, "bias", 1);
-    check_same_dtype(*bias, "bias", a);
-    TORCH_CHECK_VALUE(bias->size(0) == weight.size(0), "global_relation_cpu: bias: expected shape (",
-                      weight.size(0), ",), got ", bias->sizes());
-  }
-  if (key_mask.has_value()) {
-    check_tensor(*key_mask, "key_mask", 2);
-    TORCH_CHECK_TYPE(key_mask->scalar_type() == at::kBool, "global_relation_cpu: key_mask: expected dtype bool, got ",
-                     key_mask->scalar_type());
-    TORCH_CHECK_VALUE(key_mask->size(0) == B && key_mask->size(1) == b.size(1),
-                      "global_relation_cpu: key_mask: expected shape (", B, ", ", b.size(1), "), got ",
-                      key_mask->sizes());
-  }
-  TORCH_CHECK_VALUE(inner >= kIdentity && inner <= kAbs, "global_relation_cpu: inner: expected an activation code in ",
-                    "0..3, got ", inner);
-  TORCH_CHECK_VALUE(outer >= kIdentity && outer <= kLeakyRelu,
-                    "global_relation_cpu: outer: expected an activation code in 0..2 (abs is not an outer "
-                    "activation), got ",
-                    outer);
+  TORCH_CHECK_VALUE(false, "outer: unknown activation code ", outer);
 }
 
 template <typename scalar_t>
 Problem<scalar_t> make_problem(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
                                const at::Tensor& bias_acc, const ValidKeys& valid) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
   return Problem<scalar_t>{a.data_ptr<scalar_t>(),
                            b.data_ptr<scalar_t>(),
-                           weight.detach().to(acc_dtype).contiguous(),
-                           bias_acc.data_ptr<acc_t>(),
+                           weight.detach().to(accumulation_type(weight.scalar_type())).contiguous(),
+                           bias_acc.data_ptr<at::opmath_type<scalar_t>>(),
                            a.size(0),
                            a.size(1),
                            b.size(1),
@@ -478,10 +427,8 @@ Problem<scalar_t> make_problem(const at::Tensor& a, const at::Tensor& b, const a
                            &valid};
 }
 
-at::ScalarType acc_dtype_of(at::ScalarType dtype) { return dtype == at::kDouble ? at::kDouble : at::kFloat; }
-
 at::Tensor bias_in_acc(const std::optional<at::Tensor>& bias, const at::Tensor& weight) {
-  const auto acc = acc_dtype_of(weight.scalar_type());
+  const auto acc = accumulation_type(weight.scalar_type());
   return bias.has_value() ? bias->detach().to(acc).contiguous() : at::zeros({weight.size(0)}, weight.options().dtype(acc));
 }
 
@@ -490,7 +437,7 @@ at::Tensor bias_in_acc(const std::optional<at::Tensor>& bias, const at::Tensor& 
 at::Tensor global_relation_forward_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
                                        const std::optional<at::Tensor>& bias,
                                        const std::optional<at::Tensor>& key_mask, int64_t inner, int64_t outer) {
-  check_inputs(a, b, weight, bias, key_mask, inner, outer);
+  check_inputs(a, b, weight, bias, key_mask, inner, outer, at::kCPU);
   at::NoGradGuard no_grad;
   const ValidKeys valid = valid_keys(key_mask, a.size(0), b.size(1));
   const at::Tensor bias_acc = bias_in_acc(bias, weight);
@@ -515,19 +462,16 @@ std::vector<at::Tensor> global_relation_backward_cpu(const at::Tensor& grad, con
                                                      const std::optional<at::Tensor>& key_mask, int64_t inner,
                                                      int64_t outer, bool deterministic) {
   (void)deterministic;  // always deterministic: no atomics, fixed reduction order
-  check_inputs(a, b, weight, bias, key_mask, inner, outer);
-  check_tensor(grad, "grad", 3);
-  check_same_dtype(grad, "grad", a);
+  check_inputs(a, b, weight, bias, key_mask, inner, outer, at::kCPU);
   const int64_t B = a.size(0), N = a.size(1), M = b.size(1), H = a.size(2), R = weight.size(0);
-  TORCH_CHECK_VALUE(grad.size(0) == B && grad.size(1) == N && grad.size(2) == R,
-                    "global_relation_cpu: grad: expected shape (", B, ", ", N, ", ", R, "), got ", grad.sizes());
+  check_grad(grad, "grad", {B, N, R}, a.scalar_type(), a);
   at::NoGradGuard no_grad;
   const ValidKeys valid = valid_keys(key_mask, B, M);
   const at::Tensor bias_acc = bias_in_acc(bias, weight);
   at::Tensor da = at::zeros_like(a), db = at::zeros_like(b);
   at::Tensor dweight = at::zeros_like(weight), dbias = at::zeros({R}, weight.options());
   if (B * N * M == 0 || R == 0) return {da, db, dweight, dbias};
-  const auto acc_opts = weight.options().dtype(acc_dtype_of(a.scalar_type()));
+  const auto acc_opts = weight.options().dtype(accumulation_type(a.scalar_type()));
   const RowUnits units(B, N, kTileRows);
   const int64_t U = B * units.chunks;
   at::Tensor dw_parts = at::zeros({U, R, H}, acc_opts), dbias_parts = at::zeros({U, R}, acc_opts);

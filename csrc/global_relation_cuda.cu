@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "checks.h"
 #include "global_relation.h"
 #include "global_relation_cuda.cuh"
 
@@ -20,47 +21,17 @@ const T* optional_ptr(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<T>() : nullptr;
 }
 
-int ceil_div(int64_t x, int64_t y) { return static_cast<int>((x + y - 1) / y); }
-
 void check_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
                   const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& key_mask, int64_t inner,
                   int64_t outer) {
-  TORCH_CHECK(a.is_cuda(), "a: expected a CUDA tensor, got device ", a.device());
-  TORCH_CHECK(a.dim() == 3 && a.is_contiguous(), "a: expected a contiguous (B, N, H) tensor, got sizes ",
-              a.sizes());
-  const auto B = a.size(0), H = a.size(2);
-  TORCH_CHECK(b.dim() == 3 && b.size(0) == B && b.size(2) == H && b.is_contiguous(),
-              "b: expected a contiguous (", B, ", M, ", H, ") tensor, got sizes ", b.sizes());
-  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == H && weight.is_contiguous(),
-              "weight: expected a contiguous (R, ", H, ") tensor, got sizes ", weight.sizes());
-  for (const auto* t : {&b, &weight}) {
-    TORCH_CHECK(t->scalar_type() == a.scalar_type(), "expected dtype ", a.scalar_type(), ", got ",
-                t->scalar_type());
-    TORCH_CHECK(t->device() == a.device(), "expected device ", a.device(), ", got ", t->device());
-  }
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0) && bias->is_contiguous() &&
-                    bias->scalar_type() == a.scalar_type() && bias->device() == a.device(),
-                "bias: expected a contiguous (", weight.size(0), ",) tensor like a, got sizes ", bias->sizes(),
-                ", dtype ", bias->scalar_type());
-  }
-  if (key_mask.has_value()) {
-    TORCH_CHECK(key_mask->scalar_type() == at::kBool && key_mask->dim() == 2 && key_mask->size(0) == B &&
-                    key_mask->size(1) == b.size(1) && key_mask->is_contiguous() && key_mask->device() == a.device(),
-                "key_mask: expected a contiguous bool (", B, ", ", b.size(1), ") tensor, got sizes ",
-                key_mask->sizes(), ", dtype ", key_mask->scalar_type());
-  }
-  TORCH_CHECK(inner >= kIdentity && inner <= kAbs, "inner: expected an activation code in [0, 3], got ", inner);
-  TORCH_CHECK(outer >= kIdentity && outer <= kLeakyRelu && outer != kAbs,
-              "outer: expected an activation code in {0, 1, 2}, got ", outer);
-  TORCH_CHECK(a.numel() < INT32_MAX && b.numel() < INT32_MAX && weight.numel() < INT32_MAX &&
-                  B * a.size(1) * weight.size(0) < INT32_MAX,
-              "global_relation (cuda): tensors over 2^31 elements are not supported");
+  fastrel::check_inputs(a, b, weight, bias, key_mask, inner, outer, at::kCUDA);
+  TORCH_CHECK_VALUE(a.numel() < INT32_MAX && b.numel() < INT32_MAX && weight.numel() < INT32_MAX &&
+                        a.size(0) * a.size(1) * weight.size(0) < INT32_MAX,
+                    "a, b, weight: expected fewer than 2^31 elements per tensor (and in the output), got shapes ",
+                    a.sizes(), ", ", b.sizes(), ", ", weight.sizes());
 }
 
-at::ScalarType accumulate_type(const at::Tensor& a) {
-  return a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
+at::ScalarType accumulate_type(const at::Tensor& a) { return accumulation_type(a.scalar_type()); }
 
 // 1 / max(Σ_j m_j, 1) per batch element, in the accumulation dtype.
 at::Tensor inverse_counts(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& key_mask) {

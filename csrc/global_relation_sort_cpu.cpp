@@ -14,6 +14,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "checks.h"
 #include "global_relation.h"
 #include "relation_math.h"
 
@@ -323,27 +324,13 @@ void backward_kernel(const Inputs<scalar_t>& in, const at::opmath_type<scalar_t>
 
 void check_inputs(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& key_mask,
                   int64_t inner) {
-  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu(), "sort path: expected CPU tensors, got a on ",
-              a.device(), ", b on ", b.device());
-  TORCH_CHECK(a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.size(2) == b.size(2),
-              "sort path: expected a (B, N, H) and b (B, M, H), got ", a.sizes(), " and ", b.sizes());
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "sort path: expected b of dtype ", a.scalar_type(),
-              ", got ", b.scalar_type());
-  TORCH_CHECK(a.size(1) < INT32_MAX && b.size(1) < INT32_MAX, "sort path: expected N, M < 2^31, got ",
-              a.size(1), ", ", b.size(1));
-  TORCH_CHECK(inner == kRelu || inner == kAbs, "sort path: expected inner relu (", int(kRelu), ") or abs (",
-              int(kAbs), "), got ", inner);
-  if (key_mask.has_value()) {
-    TORCH_CHECK(key_mask->scalar_type() == at::kBool && key_mask->dim() == 2 &&
-                    key_mask->size(0) == b.size(0) && key_mask->size(1) == b.size(1),
-                "sort path: expected key_mask bool (", b.size(0), ", ", b.size(1), "), got ",
-                key_mask->scalar_type(), " ", key_mask->sizes());
-  }
+  check_pairs(a, b, key_mask, at::kCPU, /*contiguous=*/false);
+  TORCH_CHECK_VALUE(a.size(1) < INT32_MAX && b.size(1) < INT32_MAX, "a, b: expected N, M < 2^31, got ", a.size(1),
+                    ", ", b.size(1));
+  check_code(inner, "inner", {kRelu, kAbs});  // the sort path exists for relu and abs only
 }
 
-at::ScalarType opmath_of(at::ScalarType type) {
-  return type == at::kDouble ? at::kDouble : at::kFloat;
-}
+at::ScalarType opmath_of(at::ScalarType type) { return accumulation_type(type); }
 
 }  // namespace
 
@@ -372,9 +359,7 @@ std::vector<at::Tensor> global_relation_sort_backward_cpu(const at::Tensor& grad
   check_inputs(a, b, key_mask, inner);
   const int64_t B = a.size(0), N = a.size(1), H = a.size(2), M = b.size(1);
   const at::ScalarType opmath = opmath_of(a.scalar_type());
-  TORCH_CHECK(grad_mean.sizes() == a.sizes() && grad_mean.scalar_type() == opmath,
-              "sort path: expected grad_mean of shape ", a.sizes(), " and dtype ", opmath, ", got ",
-              grad_mean.sizes(), " ", grad_mean.scalar_type());
+  check_grad(grad_mean, "grad_mean", a.sizes(), opmath, a, /*contiguous=*/false);
   const at::Tensor queries = a.contiguous();
   const at::Tensor keys = b.contiguous();
   const at::Tensor grad = grad_mean.contiguous();

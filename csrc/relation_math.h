@@ -1,6 +1,9 @@
 // The per-element math of the relation module, shared by the CPU and CUDA kernels so that the
-// activations and their derivatives exist once. Codes match fastrel/activations.py CODES.
-// Kinks: relu'(0) = 0, abs'(0) = 0, leaky_relu'(0) = kLeakySlope (docs/math.md).
+// activations and their derivatives exist once. Codes match fastrel/activations.py CODES (the
+// bindings export them and the Python side compares them when it probes fastrel._C).
+// Kinks: relu'(0) = 0, abs'(0) = 0, leaky_relu'(0) = kLeakySlope (docs/math.md). NaN as in
+// PyTorch: every activation maps NaN to NaN; at NaN relu' = 1, leaky_relu' = kLeakySlope, abs' = 0
+// (autograd's values). Comparisons are written so that NaN takes those branches.
 #pragma once
 
 #ifdef __CUDACC__
@@ -17,7 +20,7 @@ constexpr double kLeakySlope = 0.01;
 
 template <int A, typename T>
 FASTREL_HD T activate(T x) {
-  if constexpr (A == kRelu) return x > T(0) ? x : T(0);
+  if constexpr (A == kRelu) return x < T(0) ? T(0) : x;
   else if constexpr (A == kLeakyRelu) return x > T(0) ? x : x * T(kLeakySlope);
   else if constexpr (A == kAbs) return x < T(0) ? -x : x;
   else return x;
@@ -26,7 +29,7 @@ FASTREL_HD T activate(T x) {
 // Derivative of activation A at x.
 template <int A, typename T>
 FASTREL_HD T derivative(T x) {
-  if constexpr (A == kRelu) return x > T(0) ? T(1) : T(0);
+  if constexpr (A == kRelu) return x <= T(0) ? T(0) : T(1);
   else if constexpr (A == kLeakyRelu) return x > T(0) ? T(1) : T(kLeakySlope);
   else if constexpr (A == kAbs) return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
   else return T(1);

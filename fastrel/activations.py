@@ -1,7 +1,9 @@
-"""Activation names, their integer codes for the kernels, and their torch implementations.
+"""The activations δ (inner) and σ (outer): names, kernel codes, and their torch implementations.
 
 The set is the same for every backend. Derivatives at the kinks are fixed (docs/math.md):
-relu'(0) = 0, abs'(0) = 0, leaky_relu'(0) = LEAKY_SLOPE.
+relu'(0) = 0, abs'(0) = 0, leaky_relu'(0) = LEAKY_SLOPE. NaN behaves as in PyTorch: every
+activation maps NaN to NaN, and the derivatives at NaN are autograd's (relu' = 1,
+leaky_relu' = LEAKY_SLOPE, abs' = 0).
 """
 
 from __future__ import annotations
@@ -11,22 +13,16 @@ import torch.nn.functional as F
 
 LEAKY_SLOPE = 0.01
 
-#: Codes shared with csrc/relation_math.h and kernels/global_relation.py.
+#: Codes the kernels use. fastrel._C exports its own (csrc/relation_math.h) and the native
+#: backends refuse to run when they differ (fastrel/backends/native.py).
 CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "abs": 3}
 
 INNER = ("relu", "leaky_relu", "abs", "identity")
 OUTER = ("relu", "leaky_relu", "identity")
 
 
-def check_name(name: object, allowed: tuple[str, ...], argument: str) -> str:
-    """Return ``name`` if it is one of ``allowed``, else raise naming the argument."""
-    if not isinstance(name, str) or name not in allowed:
-        raise ValueError(f"{argument}: expected one of {list(allowed)}, got {name!r}")
-    return name
-
-
-def apply(x: torch.Tensor, name: str) -> torch.Tensor:
-    """Apply activation ``name`` with autograd derivatives matching the kernels' kink conventions."""
+def activate(x: torch.Tensor, name: str) -> torch.Tensor:
+    """δ(x) or σ(x) for activation ``name``, with autograd derivatives matching the kernels'."""
     if name == "relu":
         return torch.relu(x)
     if name == "leaky_relu":
@@ -39,13 +35,13 @@ def apply(x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def derivative(x: torch.Tensor, name: str) -> torch.Tensor:
-    """Derivative of activation ``name`` evaluated at ``x`` (same dtype as ``x``)."""
+    """δ'(x) or σ'(x) for activation ``name`` (same dtype as ``x``), as autograd takes it."""
     if name == "relu":
-        return (x > 0).to(x.dtype)
+        return torch.where(x <= 0, x.new_tensor(0.0), x.new_tensor(1.0))  # NaN: 1, as torch.relu's backward
     if name == "leaky_relu":
         return torch.where(x > 0, x.new_tensor(1.0), x.new_tensor(LEAKY_SLOPE))
     if name == "abs":
-        return torch.sign(x)
+        return torch.sign(x).nan_to_num(nan=0.0)  # NaN: 0, as torch.abs's backward
     if name == "identity":
         return torch.ones_like(x)
     raise ValueError(f"activation: expected one of {list(CODES)}, got {name!r}")

@@ -19,11 +19,13 @@ def _triton_version() -> str:
 
 
 def _native() -> str:
+    from fastrel.backends import native
+
     try:
-        from fastrel import _C
+        extension = native.module()
     except ImportError as error:
-        return f"not built ({error})"
-    return "built with CUDA kernels" if getattr(_C, "cuda", False) else "built (C++ CPU kernels only)"
+        return f"unusable: {error}"
+    return "built with CUDA kernels" if extension.cuda else "built (C++ CPU kernels only)"
 
 
 def report() -> str:

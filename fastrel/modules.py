@@ -11,24 +11,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from fastrel import activations
+from fastrel import activations, checks
 from fastrel.ops import global_relation
 
 Tensor = torch.Tensor
-
-
-def _positive(value: object, argument: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{argument}: expected a positive int, got {value!r}")
-    return value
-
-
-def _input(x: object, dims: int, channels: int, layout: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x: expected a torch.Tensor {layout}, got {type(x).__name__}")
-    if x.dim() != dims or x.shape[-1 if dims == 3 else 1] != channels:
-        raise ValueError(f"x: expected shape {layout} with C = {channels}, got {tuple(x.shape)}")
-    return x
 
 
 class RelationModule(nn.Module):
@@ -49,18 +35,18 @@ class RelationModule(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.in_channels = _positive(in_channels, "in_channels")
-        _positive(hidden_channels, "hidden_channels")
-        _positive(relation_channels, "relation_channels")
-        self.inner = activations.check_name(inner, activations.INNER, "inner")
-        self.outer = activations.check_name(outer, activations.OUTER, "outer")
-        self.backend = backend
+        self.in_channels = checks.positive(in_channels, "in_channels")
+        self.hidden_channels = checks.positive(hidden_channels, "hidden_channels")
+        self.relation_channels = checks.positive(relation_channels, "relation_channels")
+        self.inner = checks.activation(inner, activations.INNER, "inner")
+        self.outer = checks.activation(outer, activations.OUTER, "outer")
+        self.backend = checks.backend(backend)
         self.query = nn.Linear(in_channels, hidden_channels, bias=True)  # W_a, β_a
         self.key = nn.Linear(in_channels, hidden_channels, bias=False)  # W_b
         self.project = nn.Linear(hidden_channels, relation_channels)  # W_r, β_r
 
     def forward(self, x: Tensor, y: Optional[Tensor] = None, key_mask: Optional[Tensor] = None) -> Tensor:
-        _input(x, 3, self.in_channels, "(B, N, C)")
+        checks.features(x, "(B, N, C)", self.in_channels)
         keys = x if y is None else y
         return global_relation(
             self.query(x),
@@ -77,22 +63,19 @@ class RelationModule(nn.Module):
         return f"inner={self.inner!r}, outer={self.outer!r}, backend={self.backend!r}"
 
 
-def _attach_relation(
-    module: nn.Module,
+def _paper_relation(
     in_channels: int,
     hidden_channels: Optional[int],
     relation_channels: Optional[int],
     inner: str,
     outer: str,
     backend: str,
-) -> int:
-    """Give RGSA/RGTR their RelationModule (defaults: hidden C/8, relation C/16); returns R."""
-    _positive(in_channels, "in_channels")
+) -> RelationModule:
+    """The RelationModule of RGSA/RGTR; sizes left out follow the paper: hidden C/8, relation C/16."""
+    checks.positive(in_channels, "in_channels")
     hidden = hidden_channels if hidden_channels is not None else max(in_channels // 8, 1)
     relation = relation_channels if relation_channels is not None else max(in_channels // 16, 1)
-    module.in_channels = in_channels
-    module.relation = RelationModule(in_channels, hidden, relation, inner=inner, outer=outer, backend=backend)
-    return relation
+    return RelationModule(in_channels, hidden, relation, inner=inner, outer=outer, backend=backend)
 
 
 class RGSA(nn.Module):
@@ -114,12 +97,14 @@ class RGSA(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        relation = _attach_relation(self, in_channels, hidden_channels, relation_channels, inner, outer, backend)
-        self.score = nn.Linear(in_channels + relation, 1, bias=False)  # BN follows: a bias is void
+        self.relation = _paper_relation(in_channels, hidden_channels, relation_channels, inner, outer, backend)
+        self.in_channels = in_channels
+        # BN follows: a bias would be void.
+        self.score = nn.Linear(in_channels + self.relation.relation_channels, 1, bias=False)
         self.norm = nn.BatchNorm1d(1)
 
     def forward(self, x: Tensor, return_attention: bool = False):
-        _input(x, 4, self.in_channels, "(B, C, Hf, Wf)")
+        checks.features(x, "(B, C, Hf, Wf)", self.in_channels)
         B, C, Hf, Wf = x.shape
         items = x.flatten(2).transpose(1, 2)  # (B, N, C)
         g = self.relation(items)  # (B, N, R)
@@ -150,14 +135,15 @@ class RGTR(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        relation = _attach_relation(self, in_channels, hidden_channels, relation_channels, inner, outer, backend)
-        self.refine = nn.Linear(in_channels + relation, in_channels, bias=False)  # BN follows
+        self.relation = _paper_relation(in_channels, hidden_channels, relation_channels, inner, outer, backend)
+        self.in_channels = in_channels
+        self.refine = nn.Linear(in_channels + self.relation.relation_channels, in_channels, bias=False)  # BN follows
         self.norm = nn.BatchNorm1d(in_channels)
 
     def forward(
         self, x: Tensor, lengths: Optional[Tensor] = None, mask: Optional[Tensor] = None
     ) -> tuple[Tensor, Tensor]:
-        _input(x, 3, self.in_channels, "(B, T, C)")
+        checks.features(x, "(B, T, C)", self.in_channels)
         mask = _frame_mask(x, lengths, mask)
         g = self.relation(x, key_mask=mask)  # (B, T, R)
         refined = self.refine(torch.cat([x, g.to(x.dtype)], dim=2))  # (B, T, C)

@@ -3,6 +3,11 @@
 The work is one ``torch.library`` custom op with a registered fake (shape) implementation and a
 registered backward, so ``torch.compile(fullgraph=True)`` traces models that use it. Dispatch
 happens before the op is called: the op receives the name of the backend that runs it.
+
+Autograd: reverse mode (``.backward()``, ``torch.autograd.grad``, ``torch.func.grad``/``vjp``/
+``jacrev``) through an ``autograd.Function`` around the op, which the ``torch.func`` transforms
+accept. Forward mode and second derivatives raise an error that says so: the kernels have no
+tangent rule and their backward has no derivative of its own.
 """
 
 from __future__ import annotations
@@ -11,11 +16,14 @@ from typing import Optional
 
 import torch
 
-from fastrel import activations, backends
+from fastrel import activations, backends, checks
 
 Tensor = torch.Tensor
 
-FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+SUPPORTED = (
+    "reverse-mode autograd (.backward(), torch.autograd.grad, torch.func.grad/vjp/jacrev) and "
+    "torch.compile are supported"
+)
 
 
 def global_relation(
@@ -36,59 +44,25 @@ def global_relation(
     (True = key j takes part). Returns (B, N, R) in a's dtype; rows with no valid key are zero.
     ``deterministic=None`` follows ``torch.are_deterministic_algorithms_enabled()``.
     """
-    _check(a, b, weight, bias, key_mask)
-    inner = activations.check_name(inner, activations.INNER, "inner")
-    outer = activations.check_name(outer, activations.OUTER, "outer")
-    if not isinstance(backend, str):
-        raise TypeError(f"backend: expected a str, got {type(backend).__name__}")
-    if deterministic is None:
+    checks.inputs(a, b, weight, bias, key_mask)
+    inner = checks.activation(inner, activations.INNER, "inner")
+    outer = checks.activation(outer, activations.OUTER, "outer")
+    checks.backend(backend)
+    if checks.deterministic(deterministic) is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
     name = _select(backend, a.device.type, a.dtype, inner, outer, bool(deterministic))
     weight = weight.to(a.dtype).contiguous()
     bias = bias.to(a.dtype).contiguous() if bias is not None else None
     key_mask = key_mask.contiguous() if key_mask is not None else None
-    return _global_relation(
-        a.contiguous(), b.contiguous(), weight, bias, key_mask, inner, outer, name, bool(deterministic)
-    )
+    inputs = (a.contiguous(), b.contiguous(), weight, bias, key_mask, inner, outer, name, bool(deterministic))
+    if torch.compiler.is_compiling():  # the op itself: its registered autograd is what AOTAutograd traces
+        return _global_relation(*inputs)
+    return _GlobalRelation.apply(*inputs)
 
 
 @torch.compiler.assume_constant_result
 def _select(backend: str, device: str, dtype: torch.dtype, inner: str, outer: str, deterministic: bool) -> str:
     return backends.select(backend, device, dtype, inner, outer, deterministic)
-
-
-def _describe(t: Tensor) -> str:
-    return f"shape {tuple(t.shape)}, dtype {str(t.dtype).removeprefix('torch.')}, device {t.device}"
-
-
-def _check(a, b, weight, bias, key_mask) -> None:
-    """Raise TypeError/ValueError naming the argument, what was expected and what came."""
-    for name, t in (("a", a), ("b", b), ("weight", weight), ("bias", bias), ("key_mask", key_mask)):
-        if t is not None and not isinstance(t, Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    for name, t in (("a", a), ("b", b), ("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name}: expected a floating dtype (float64/32, bfloat16, float16), got {t.dtype}")
-    if a.dim() != 3:
-        raise ValueError(f"a: expected shape (B, N, H), got {_describe(a)}")
-    B, _, H = a.shape
-    if b.dim() != 3 or b.shape[0] != B or b.shape[2] != H:
-        raise ValueError(f"b: expected shape ({B}, M, {H}) to match a, got {_describe(b)}")
-    if b.dtype != a.dtype:
-        raise TypeError(f"b: expected dtype {a.dtype} to match a, got {b.dtype}")
-    if weight.dim() != 2 or weight.shape[1] != H:
-        raise ValueError(f"weight: expected shape (R, {H}), got {_describe(weight)}")
-    R = weight.shape[0]
-    if bias is not None and (bias.dim() != 1 or bias.shape[0] != R):
-        raise ValueError(f"bias: expected shape ({R},), got {_describe(bias)}")
-    if key_mask is not None:
-        if key_mask.dtype != torch.bool:
-            raise TypeError(f"key_mask: expected dtype torch.bool, got {key_mask.dtype}")
-        if tuple(key_mask.shape) != (B, b.shape[1]):
-            raise ValueError(f"key_mask: expected shape {(B, b.shape[1])}, got {_describe(key_mask)}")
-    for name, t in (("b", b), ("weight", weight), ("bias", bias), ("key_mask", key_mask)):
-        if t is not None and t.device != a.device:
-            raise ValueError(f"{name}: expected device {a.device} to match a, got {t.device}")
 
 
 @torch.library.custom_op("fastrel::global_relation", mutates_args=())
@@ -149,8 +123,79 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     a, b, weight, bias, key_mask = ctx.saved_tensors
-    da, db, dweight, dbias = _global_relation_backward(grad, a, b, weight, bias, key_mask, *ctx.options)
+    inputs = (grad, a, b, weight, bias, key_mask, *ctx.options)
+    if torch.compiler.is_compiling():
+        da, db, dweight, dbias = _global_relation_backward(*inputs)
+    else:
+        da, db, dweight, dbias = _GlobalRelationBackward.apply(*inputs)
     return da, db, dweight, (dbias if ctx.has_bias else None), None, None, None, None, None
 
 
+# Direct callers of torch.ops.fastrel.global_relation get the same backward.
 _global_relation.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _vmap_by_loop(op):
+    """A vmap rule (torch.func.vmap, jacrev) that runs ``op`` once per entry of the vmapped dim."""
+
+    def rule(info, in_dims, *inputs):
+        results = []
+        for k in range(info.batch_size):
+            entry = [x.select(d, k) if d is not None else x for x, d in zip(inputs, in_dims)]
+            results.append(op(*entry))
+        if isinstance(results[0], Tensor):
+            return torch.stack(results), 0
+        return tuple(torch.stack(parts) for parts in zip(*results)), (0,) * len(results[0])
+
+    op.register_vmap(rule)
+
+
+_vmap_by_loop(_global_relation)
+_vmap_by_loop(_global_relation_backward)
+
+
+def _no_forward_mode(ctx, *tangents):
+    raise NotImplementedError(
+        "global_relation: forward-mode AD (torch.func.jvp, jacfwd, hessian, torch.autograd.forward_ad) "
+        f"is not supported; {SUPPORTED}"
+    )
+
+
+class _GlobalRelation(torch.autograd.Function):
+    """The op with its registered backward, in the form torch.func transforms accept (setup_context).
+
+    Eager only: under torch.compile the op is called directly (dynamo does not trace a custom jvp).
+    """
+
+    generate_vmap_rule = True  # vmap runs the op's own rule
+
+    @staticmethod
+    def forward(*inputs):
+        return _global_relation(*inputs)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+    jvp = staticmethod(_no_forward_mode)
+
+
+class _GlobalRelationBackward(torch.autograd.Function):
+    """The backward op, differentiable only to say that second derivatives are not supported."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*inputs):
+        return _global_relation_backward(*inputs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            "global_relation: second derivatives (double backward, torch.func.hessian) are not "
+            f"supported; first-order {SUPPORTED}"
+        )
+
+    jvp = staticmethod(_no_forward_mode)

@@ -1,8 +1,10 @@
-"""The materialising reference: DESIGN §1 written as plainly as possible.
+"""The materialising reference: docs/math.md written as plainly as possible.
 
 Holds every pair (B, N, M, H) in memory, computes in the inputs' dtype (float64 included) and lets
 autograd produce the gradients. Every backend is tested against it; it is also the ``reference``
-backend and the baseline of the benchmarks.
+backend and the baseline of the benchmarks. A key with m_j = 0 takes no part at all: its values
+are replaced before the pairs are formed and its terms selected out, so a NaN or inf there never
+reaches g or a gradient.
 """
 
 from __future__ import annotations
@@ -10,6 +12,14 @@ from __future__ import annotations
 import torch
 
 from fastrel import activations
+
+
+def _valid_keys(b: torch.Tensor, key_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(b with excluded keys set to 0, m as bool (B, M), n = max(Σ_j m_j, 1) as (B, 1, 1) in b's dtype)."""
+    m = key_mask if key_mask is not None else torch.ones(b.shape[:2], dtype=torch.bool, device=b.device)
+    keys = torch.where(m[:, :, None], b, 0.0)
+    n = m.sum(dim=1).clamp(min=1).to(b.dtype)[:, None, None]
+    return keys, m, n
 
 
 def global_relation(
@@ -23,16 +33,13 @@ def global_relation(
     key_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """g_i = Σ_j m_j σ(W_r δ(a_i − b_j) + β_r) / max(Σ_j m_j, 1); a: (B, N, H), b: (B, M, H) → (B, N, R)."""
-    p = activations.apply(a[:, :, None, :] - b[:, None, :, :], inner)  # (B, N, M, H)
+    keys, m, n = _valid_keys(b, key_mask)
+    p = activations.activate(a[:, :, None, :] - keys[:, None, :, :], inner)  # (B, N, M, H)
     z = torch.matmul(p, weight.t())  # (B, N, M, R)
     if bias is not None:
         z = z + bias
-    r = activations.apply(z, outer)
-    if key_mask is None:
-        return r.mean(dim=2)
-    m = key_mask.to(r.dtype)  # (B, M)
-    count = m.sum(dim=1).clamp(min=1)  # (B,)
-    return (r * m[:, None, :, None]).sum(dim=2) / count[:, None, None]
+    r = activations.activate(z, outer)
+    return torch.where(m[:, None, :, None], r, 0.0).sum(dim=2) / n
 
 
 def global_relation_backward(
@@ -46,15 +53,14 @@ def global_relation_backward(
     outer: str = "relu",
     key_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The backward of DESIGN §1 written out (docs/math.md): (da, db, dweight, dbias), materialising."""
-    d = a[:, :, None, :] - b[:, None, :, :]  # (B, N, M, H)
-    p = activations.apply(d, inner)
+    """The backward of docs/math.md written out: (da, db, dweight, dbias), materialising."""
+    keys, m, n = _valid_keys(b, key_mask)
+    d = a[:, :, None, :] - keys[:, None, :, :]  # (B, N, M, H)
+    p = activations.activate(d, inner)
     z = torch.matmul(p, weight.t())
     if bias is not None:
         z = z + bias
-    m = key_mask.to(a.dtype) if key_mask is not None else a.new_ones(b.shape[0], b.shape[1])
-    count = m.sum(dim=1).clamp(min=1)
-    dz = activations.derivative(z, outer) * m[:, None, :, None] * (grad / count[:, None, None])[:, :, None, :]
+    dz = torch.where(m[:, None, :, None], activations.derivative(z, outer) * (grad / n)[:, :, None, :], 0.0)
     du = activations.derivative(d, inner) * torch.matmul(dz, weight)  # (B, N, M, H)
     dweight = torch.einsum("bnmr,bnmh->rh", dz, p)
     return du.sum(dim=2), -du.sum(dim=1), dweight, dz.sum(dim=(0, 1, 2))

@@ -6,21 +6,9 @@ the reference's O(B·N·M·H). Reductions run in a fixed order: results are dete
 
 from __future__ import annotations
 
-from typing import Optional
-
-import torch
-
+from fastrel import dtypes
 from fastrel.backends import native
 from fastrel.backends.base import Backend
-
-
-def _probe() -> Optional[str]:
-    try:
-        native.module()
-    except ImportError as error:
-        return f"fastrel._C is not built: {error}"
-    return None
-
 
 _forward, _backward = native.kernels("cpu")
 
@@ -28,9 +16,9 @@ BACKEND = Backend(
     name="cpu",
     summary="fused C++ kernels, tiled over pairs, O(B·N·H) memory, deterministic",
     devices=("cpu",),
-    dtypes=(torch.float64, torch.float32, torch.bfloat16, torch.float16),
+    dtypes=dtypes.FLOATS,
     forward=_forward,
     backward=_backward,
-    probe=_probe,
+    probe=native.unavailable,
     deterministic=True,
 )

@@ -1,8 +1,14 @@
-"""The kernels of fastrel._C, as the forward/backward pair a backend declares (cpu, cuda)."""
+"""The one way into fastrel._C, and the kernels it holds as the forward/backward pair a backend declares.
+
+The extension exports the activation codes it was compiled with (csrc/relation_math.h); a build
+whose codes differ from fastrel/activations.py CODES would run the wrong activations, so it counts
+as unavailable, with the reason.
+"""
 
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Optional
 
 import torch
 
@@ -12,11 +18,38 @@ from fastrel.backends.base import Backward, Forward
 Tensor = torch.Tensor
 
 
-def module() -> ModuleType:
-    """fastrel._C; raises ImportError when the extension is not built."""
+def _import() -> ModuleType:
     from fastrel import _C
 
     return _C
+
+
+def _mismatch(extension: ModuleType) -> Optional[str]:
+    codes = getattr(extension, "ACTIVATION_CODES", None)
+    if codes == CODES:
+        return None
+    return (
+        f"fastrel._C was built with activation codes {codes}, fastrel.activations has {CODES}: "
+        "rebuild it (python setup.py build_ext --inplace)"
+    )
+
+
+def unavailable() -> Optional[str]:
+    """None when fastrel._C is built and speaks fastrel.activations' codes, else why it cannot be used."""
+    try:
+        extension = _import()
+    except ImportError as error:
+        return f"fastrel._C is not built ({error})"
+    return _mismatch(extension)
+
+
+def module() -> ModuleType:
+    """fastrel._C; raises ImportError when it is not built or its activation codes differ."""
+    extension = _import()
+    reason = _mismatch(extension)
+    if reason is not None:
+        raise ImportError(reason)
+    return extension
 
 
 def kernels(device: str) -> tuple[Forward, Backward]:

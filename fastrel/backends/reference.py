@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import torch
-
-from fastrel import reference
+from fastrel import dtypes, reference
 from fastrel.backends.base import Backend
-
-FLOATS = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 
 def forward(a, b, weight, bias, key_mask, inner, outer):
@@ -24,7 +20,7 @@ BACKEND = Backend(
     name="reference",
     summary="plain PyTorch, materialises every pair (B·N·M·H memory)",
     devices=("cpu", "cuda"),
-    dtypes=FLOATS,
+    dtypes=dtypes.FLOATS,
     forward=forward,
     backward=backward,
 )

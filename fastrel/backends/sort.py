@@ -13,7 +13,8 @@ from types import ModuleType
 
 import torch
 
-from fastrel import activations
+from fastrel import activations, dtypes
+from fastrel.backends import native as _native
 from fastrel.backends.base import Backend
 
 Tensor = torch.Tensor
@@ -29,10 +30,10 @@ SUM_DTYPE = torch.float64
 def native() -> ModuleType | None:
     """fastrel._C when it is built with the sort kernels, else None."""
     try:
-        from fastrel import _C
+        extension = _native.module()
     except ImportError:
         return None
-    return _C if hasattr(_C, "global_relation_sort_forward_cpu") else None
+    return extension if hasattr(extension, "global_relation_sort_forward_cpu") else None
 
 
 def _use_native(a: Tensor) -> bool:
@@ -41,7 +42,7 @@ def _use_native(a: Tensor) -> bool:
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype D, its gradient and the GEMMs around it are kept in: float64 for float64, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    return dtypes.accumulation(dtype)
 
 
 def _key_counts(b: Tensor, key_mask: Tensor | None) -> Tensor:

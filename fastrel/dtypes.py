@@ -1,0 +1,21 @@
+"""The floating dtypes global_relation takes, and the dtype each one accumulates in.
+
+The C++ side has the same rule once, in csrc/checks.h (``accumulation_type``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Every dtype the operator accepts; a backend declares the subset it runs.
+FLOATS = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+def accumulation(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 inputs, float32 for the others: where sums and GEMM results are kept."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def name(dtype: torch.dtype) -> str:
+    """``float32`` rather than ``torch.float32``, as error messages write it."""
+    return str(dtype).removeprefix("torch.")
