@@ -474,7 +474,10 @@ def report(directory: Path, dest: Path) -> dict:
         entry["cap_s"] = float(cap) if cap else None
         log = directory / "logs" / f"{name}.log"
         if log.exists():
-            entry["log_tail"] = log.read_text(errors="replace").splitlines()[-12:]
+            lines = log.read_text(errors="replace").splitlines()
+            entry["log_tail"] = lines[-12:]
+            if name.endswith("tests"):
+                entry["tests"] = test_outcomes(lines)
         result["steps"].append(entry)
     rows = read_rows(directory / "rows.jsonl")
     result["ceilings"] = next((r for r in rows if r.get("kind") == "ceiling"), None)
@@ -492,6 +495,20 @@ def report(directory: Path, dest: Path) -> dict:
         writer.writeheader()
         writer.writerows(result["rows"])
     return result
+
+
+def test_outcomes(lines: list[str]) -> dict:
+    """Counts of the outcomes pytest -v printed, one line per test, and the tests that failed: a
+    run stopped at its cap still tells what passed."""
+    counts = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+    failed = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and "::" in parts[0] and parts[1].lower() in counts:
+            counts[parts[1].lower()] += 1
+            if parts[1] in ("FAILED", "ERROR"):
+                failed.append(parts[0])
+    return {**counts, "not_passed": failed}
 
 
 def ratios(rows: list[dict]) -> list[dict]:
