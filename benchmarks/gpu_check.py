@@ -555,8 +555,11 @@ def summary(result: dict) -> str:
         c = result["ceilings"]
         lines.append(f"  bf16 matmul peak {c['matmul_bf16_tflops']:.1f} TFLOP/s, copy {c['copy_gbs']:.0f} GB/s")
     lines += ["  " + progress(r) for r in result["rows"]]
+    lines.append("  speed-up (×) and memory fraction against the reference and torch.compile(reference):")
+    short_names = {"speedup_vs_reference": "× ref", "speedup_vs_compiled": "× compiled",
+                   "memory_fraction_of_reference": "mem/ref", "memory_fraction_of_compiled": "mem/compiled"}
     for r in result["ratios"]:
-        parts = [f"{k} {v:.2f}" for k, v in r.items() if isinstance(v, float)]
+        parts = [f"{short_names[k]} {r[k]:.3g}" for k in short_names if k in r]
         lines.append(f"  {r['name']:10s} {r['dtype']:8s} {r['impl']:12s} {r['mode']:6s} " + "  ".join(parts))
     lines.append("  first-call seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["first_call_s"].items()))
     return "\n".join(lines)
