@@ -34,9 +34,9 @@ PY=${PY:-python3}
 # Caps in seconds for an H100; --dry (a CPU, the Triton interpreter) scales them and the deadline by 3.
 SCALE=${GPU_CHECK_CAP_SCALE:-$((DRY ? 3 : 1))}
 DEADLINE=$((360 * SCALE))
-CAP_PREFLIGHT=$((15 * SCALE))
+CAP_PREFLIGHT=$((20 * SCALE))
 CAP_SMOKE=$((30 * SCALE))
-CAP_TIME=$((140 * SCALE))
+CAP_TIME=$((130 * SCALE))
 CAP_BUILD_WAIT=$((20 * SCALE))
 CAP_CUDA=$((45 * SCALE))
 CAP_GPU_TESTS=$((15 * SCALE))
@@ -44,7 +44,7 @@ CAP_CUDA_TESTS=$((20 * SCALE))
 CAP_TRITON_TESTS=$((30 * SCALE))
 CAP_MEMCHECK=$((15 * SCALE))
 CAP_RACECHECK=$((15 * SCALE))
-CAP_REPORT=$((10 * SCALE))
+CAP_REPORT=$((15 * SCALE))
 # These add up to 355 s (scaled), under the deadline.
 # Started after preflight, the build must end by the end of build_wait.
 CAP_BUILD=$((CAP_SMOKE + CAP_TIME + CAP_BUILD_WAIT))
@@ -114,20 +114,22 @@ build() {  # niced, 4 jobs: the timing steps run beside it
   record build "$(status_of $rc)" $rc $((SECONDS - began)) $CAP_BUILD
 }
 stop_build() {  # stop_build: end the build if it still runs (timeout passes the signal on)
+  [ -n "$BUILD_PID" ] || return
   if kill -0 $BUILD_PID 2>/dev/null; then kill "$(cat "$WORK/build.pid")" 2>/dev/null; fi
   wait $BUILD_PID 2>/dev/null
   awk -F'\t' '$1 == "build" && $2 == "ok" { found = 1 } END { exit !found }' "$WORK/steps.tsv" || FAILED=1
 }
-build &
-BUILD_PID=$!
 
 # -- smoke and timings while it builds ------------------------------------------------------------
 if ((GPU_OK != 0)); then
-  echo "preflight failed: no GPU; the GPU steps are skipped"
-  for name in smoke time cuda gpu_tests cuda_tests triton_tests memcheck racecheck; do
+  echo "preflight failed: no GPU; the other steps are skipped"
+  for name in build smoke time cuda gpu_tests cuda_tests triton_tests memcheck racecheck; do
     record $name "skipped: preflight failed" "" 0 ""
   done
+  BUILD_PID=""
 else
+  build &
+  BUILD_PID=$!
   FASTREL_TRITON_AUTOTUNE=0 step smoke $CAP_SMOKE \
     "$PY" benchmarks/gpu_check.py smoke --backends triton,sort,reference --dir "$WORK" "${DRYFLAG[@]}"
   step time $CAP_TIME "$PY" benchmarks/gpu_check.py time --ceilings --impls triton,reference,compiled,triton_det \
@@ -187,8 +189,9 @@ fi
 # -- report ---------------------------------------------------------------------------------------
 stop_build
 echo "total $((SECONDS - START)) s of the ${DEADLINE} s deadline" > "$WORK/logs/total.log"
-capped report $CAP_REPORT "$PY" benchmarks/gpu_check.py report --dir "$WORK" --dest "$DEST"
-[ $RC = 0 ] || FAILED=1
+# The report always runs, with its own cap: the steps before it stop CAP_REPORT before the deadline.
+timeout -k 5 $CAP_REPORT "$PY" benchmarks/gpu_check.py report --dir "$WORK" --dest "$DEST" \
+  > "$WORK/logs/report.log" 2>&1 || FAILED=1
 tar -czf "$DEST/gpu_check_logs.tar.gz" -C "$WORK" --exclude=./build_lib --exclude=./build.pid .
 cat "$WORK/logs/report.log"
 echo "gpu_check: $((SECONDS - START)) s; results in $DEST:"
