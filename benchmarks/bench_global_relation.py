@@ -1,4 +1,4 @@
-"""Speed and peak memory of ``global_relation``: fastrel backends against their peers (DESIGN §4).
+"""Speed and peak memory of ``global_relation``: fastrel backends against their peers.
 
 Every implementation runs on the same inputs, forward alone (under ``torch.no_grad``) and forward
 plus backward. Time is the median of many calls after warm-up. Peak memory is measured above the
@@ -11,23 +11,18 @@ exceed the memory budget or the time limit are recorded as skipped, with the rea
     python benchmarks/bench_global_relation.py                    # the CPU grid and the target cases
     python benchmarks/bench_global_relation.py --device cuda      # GPU rows, with TFLOP/s
 
-Results go to benchmarks/results/<device>_<date>.csv; a table of ratios is printed.
+Results go to benchmarks/results/<device>_<date>.csv, a row as soon as it is measured (then the
+file is rewritten in table order); a table of ratios is printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import ctypes
 import datetime
-import gc
 import itertools
 import json
 import math
-import os
-import platform
-import re
-import statistics
 import subprocess
 import sys
 import time
@@ -35,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import measure
 import peers
 import torch
 
@@ -47,10 +43,6 @@ GRID_N = (64, 128, 512, 1024, 2048, 4096)
 GRID_HR = ((64, 32), (128, 64), (256, 128))
 #: The cases of issue 2 (B, N, H, R with M = N).
 TARGETS = ((2, 512, 128, 64), (8, 128, 256, 128), (1, 4096, 64, 32))
-#: A forward plus backward costs about 3.5 forwards (the backward about 2.5).
-FWDBWD_FLOP_FACTOR = 3.5
-#: Timed calls made even when the time limit is near (a median of fewer would mean little).
-MIN_TIMED = 3
 #: Seconds a worker needs to start (import torch) before it measures anything.
 STARTUP_ALLOWANCE_S = 30.0
 DTYPES = {
@@ -153,65 +145,6 @@ def work(name: str, case: Case) -> float:
 # Measuring one (case, implementation): runs in a worker subprocess on CPU, in-process on CUDA
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        return int(re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.MULTILINE).group(1))
-
-
-def _release_freed_memory() -> None:
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def cpu_peak_bytes(call: Callable[[], None]) -> int:
-    """Peak RSS growth during ``call``: freed heap returned to the OS, VmHWM reset, then read."""
-    _release_freed_memory()
-    baseline = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")
-    call()
-    return max(_status_kib("VmHWM") - baseline, 0) * 1024
-
-
-def cuda_peak_bytes(call: Callable[[], None]) -> int:
-    torch.cuda.synchronize()
-    gc.collect()
-    torch.cuda.empty_cache()
-    baseline = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    call()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - baseline
-
-
-def call_seconds(call: Callable[[], None], device: str) -> float:
-    if device == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        call()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    begin = time.perf_counter()
-    call()
-    return time.perf_counter() - begin
-
-
-def repeat_seconds(call, device: str, min_time: float, min_repeats: int, max_repeats: int, deadline: float):
-    """Times of repeated calls: at least ``min_repeats`` and ``min_time`` in total, until ``deadline``."""
-    times: list[float] = []
-    while len(times) < max_repeats:
-        times.append(call_seconds(call, device))
-        enough = len(times) >= min_repeats and sum(times) >= min_time
-        late = time.perf_counter() + statistics.median(times) > deadline
-        if enough or (len(times) >= MIN_TIMED and late):
-            break
-    return times
-
-
 def make_inputs(case: Case, dtype: torch.dtype, device: str):
     generator = torch.Generator().manual_seed(0)
 
@@ -231,7 +164,7 @@ def _relative_error(value: torch.Tensor, expected: torch.Tensor) -> float:
     return (value.double() - expected).abs().max().item() / max(scale, 1e-30)
 
 
-def measure(spec: dict) -> list[dict]:
+def measure_case(spec: dict) -> list[dict]:
     """Measure one implementation on one case for each mode in ``spec``; one row per mode."""
     case, device = Case(**spec["case"]), spec["device"]
     dtype = DTYPES[spec["dtype"]]
@@ -266,14 +199,10 @@ def measure(spec: dict) -> list[dict]:
                 got = [out] + ([leaf.grad for leaf in leaves] if mode == "fwdbwd" else [])
                 row["max_rel_err"] = max(_relative_error(x, y) for x, y in zip(got, check[mode], strict=True))
             del out
-            peak = cuda_peak_bytes if device == "cuda" else cpu_peak_bytes
-            row["peak_mib"] = peak(call) / 2**20
+            row["peak_mib"] = measure.peak_bytes(call, device) / 2**20
             deadline = time.perf_counter() + spec["time_budget_s"] / len(spec["modes"])
-            times = repeat_seconds(call, device, spec["min_time"], spec["min_repeats"], spec["max_repeats"], deadline)
-            row["time_ms"] = statistics.median(times) * 1e3
-            quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-            row["time_p25_ms"], row["time_p75_ms"] = quartiles[0] * 1e3, quartiles[2] * 1e3
-            row["repeats"] = len(times)
+            repeats = spec["min_repeats"], spec["max_repeats"]
+            row.update(measure.summarise(measure.repeat_seconds(call, device, spec["min_time"], *repeats, deadline)))
         except torch.OutOfMemoryError:
             row["status"] = "error: out of memory"
         except Exception as error:  # one failing implementation must not stop the benchmark
@@ -294,14 +223,14 @@ def _reference_result(case, spec, a, b, weight, bias, grad) -> dict | None:
     out.backward(grad.double())
     result = {"fwd": [out.detach()], "fwdbwd": [out.detach()] + [leaf.grad for leaf in leaves]}
     del out, leaves
-    _release_freed_memory()
+    measure.release_freed_memory()
     return result
 
 
 def worker_main(spec_json: str) -> None:
     spec = json.loads(spec_json)
     torch.set_num_threads(spec["threads"])
-    measure({**spec, "emit": True})
+    measure_case({**spec, "emit": True})
 
 
 def run_in_subprocess(spec: dict, timeout: float) -> list[dict]:
@@ -341,30 +270,8 @@ def cases(args) -> list[Case]:
     return sorted(unique, key=lambda c: (c.forward_flops(), c.B, c.N))
 
 
-def matmul_peak_tflops(device: str, dtype: torch.dtype) -> float:
-    """Measured throughput of a large square matmul, the ceiling the kernels are compared with."""
-    size = 8192 if device == "cuda" else 1024
-    x = torch.randn(size, size, device=device).to(dtype)
-    y = torch.randn(size, size, device=device).to(dtype)
-    for _ in range(3):
-        torch.matmul(x, y)
-    times = repeat_seconds(lambda: torch.matmul(x, y), device, 0.5, 5, 200, time.perf_counter() + 10)
-    return 2 * size**3 / statistics.median(times) / 1e12
-
-
-def machine(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    model = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as info:
-            model = re.search(r"^model name\s*:\s*(.+)$", info.read(), re.MULTILINE).group(1)
-    except (OSError, AttributeError):
-        pass
-    return f"{model}, {os.cpu_count()} cores"
-
-
-def run(args) -> list[dict]:
+def run(args, sink: Callable[[dict], None]) -> list[dict]:
+    """Measure every runnable (implementation, case, mode); each row goes to ``sink`` once measured."""
     dtype = DTYPES[args.dtype]
     element_size = torch.empty((), dtype=dtype).element_size()
     impls = implementations(args)
@@ -376,11 +283,11 @@ def run(args) -> list[dict]:
         ((name, family) for name, family, reason in impls if reason is None),
         key=lambda entry: (entry[1] != "fastrel", entry[0] == "compiled"),
     )
-    peak = matmul_peak_tflops(args.device, dtype)
+    peak = measure.matmul_peak_tflops(args.device, dtype)
     common = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "device": args.device,
-        "machine": machine(args.device),
+        "machine": measure.machine(args.device),
         "threads": args.threads,
         "torch": torch.__version__,
         "dtype": args.dtype,
@@ -436,10 +343,11 @@ def run(args) -> list[dict]:
                     allowance = STARTUP_ALLOWANCE_S + (args.compile_allowance if name == "compiled" else 0)
                     results += run_in_subprocess(spec, 1.5 * _time_limit(case, args) + allowance)
                 else:
-                    results += measure(spec)
+                    results += measure_case(spec)
             for result in sorted(results, key=lambda r: MODES.index(r["mode"])):
                 row = _complete(result, common, case, name, family, element_size, args, peak)
                 rows.append(row)
+                sink(row)
                 _remember(row, name, case, last, stopped)
                 _print_progress(row, time.perf_counter() - started)
     position = {case: index for index, case in enumerate(ordered)}
@@ -462,7 +370,7 @@ def _skip_reason(name, mode, case, need, args, last, stopped) -> str | None:
         return f"a smaller case {stopped[(name, mode)]}"
     if (name, mode) in last:
         smaller, seconds = last[(name, mode)]
-        calls = 2 + MIN_TIMED  # the first call, the memory call, then the timed repeats
+        calls = 2 + measure.MIN_TIMED  # the first call, the memory call, then the timed repeats
         predicted = seconds * work(name, case) / work(name, smaller) * calls
         limit = _time_limit(case, args)
         if predicted > limit:
@@ -479,7 +387,7 @@ def _complete(result, common, case, name, family, element_size, args, peak) -> d
             case.B, case.N, case.M, case.H, case.R, element_size, args.chunk_budget_mb << 20
         )
     if row["status"] == "ok":
-        flops = case.forward_flops() * (FWDBWD_FLOP_FACTOR if result["mode"] == "fwdbwd" else 1)
+        flops = measure.global_relation_flops(case.B, case.N, case.M, case.H, case.R, result["mode"])
         row["tflops"] = flops / (row["time_ms"] / 1e3) / 1e12
     return row
 
@@ -546,13 +454,31 @@ def ratio_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+class CsvRows:
+    """A CSV file written one row at a time and flushed, so a run cut short keeps what it measured."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.file = open(path, "w", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=FIELDS, extrasaction="ignore")
+        self.writer.writeheader()
+        self.file.flush()
+
+    def __call__(self, row: dict) -> None:
+        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    """The whole file again, rows in table order."""
+    out = CsvRows(path)
+    for row in rows:
+        out(row)
+    out.close()
 
 
 def parse_args(argv=None):
@@ -628,8 +554,8 @@ def parse_args(argv=None):
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.min_repeats < MIN_TIMED:
-        parser.error(f"--min-repeats: expected at least {MIN_TIMED}, got {args.min_repeats}")
+    if args.min_repeats < measure.MIN_TIMED:
+        parser.error(f"--min-repeats: expected at least {measure.MIN_TIMED}, got {args.min_repeats}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     if args.memory_budget_mb is None:
@@ -654,7 +580,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
-    rows = run(args)
+    sink = CsvRows(args.out)
+    rows = run(args, sink)
+    sink.close()
     print(ratio_table(rows))
     write_csv(rows, args.out)
     print(f"\n{len(rows)} rows in {time.perf_counter() - began:.0f} s -> {args.out}")

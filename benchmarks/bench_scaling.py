@@ -30,8 +30,6 @@ import csv
 import json
 import math
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,6 +37,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import measure
 import torch
 
 import fastrel
@@ -130,28 +129,6 @@ def cases(args) -> list[Case]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _rss_mb(field: str) -> float:
-    """VmRSS / VmHWM of this process in MB (Linux), else the peak from getrusage."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_peak_rss() -> bool:
-    """Make the kernel's peak-RSS mark start again from the current RSS (Linux ≥ 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _step(case: Case):
     """A closure running one forward + backward of the case, with its inputs made."""
     torch.manual_seed(0)
@@ -180,11 +157,6 @@ def _step(case: Case):
     return step
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def run_case(case: Case, repeats: int, long_step_s: float) -> Case:
     """Measure the case here. Steps longer than ``long_step_s`` are timed once (the first call)."""
     case.threads = torch.get_num_threads()
@@ -195,20 +167,20 @@ def run_case(case: Case, repeats: int, long_step_s: float) -> Case:
         before = torch.cuda.memory_allocated() / 2**20
         torch.cuda.reset_peak_memory_stats()
     else:
-        before = _rss_mb("VmRSS")
-        _reset_peak_rss()
+        before = measure.status_kib("VmRSS") / 1024
+        measure.reset_peak_rss()
     walls, cpus = [], []
     for i in range(1 + repeats):
         wall, cpu = time.perf_counter(), time.process_time()
         step()
-        _sync(case.device)
+        measure.sync(case.device)
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
         if i == 0 and walls[0] > long_step_s:
             break
     if len(walls) > 1:  # the first call warms up
         walls, cpus = walls[1:], cpus[1:]
-    case.peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else _rss_mb("VmHWM")
+    case.peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else measure.status_kib("VmHWM") / 1024
     case.step_mb = case.peak_mb - before
     case.time_ms = 1e3 * statistics.median(walls)
     case.cpu_ms = 1e3 * statistics.median(cpus)
@@ -222,18 +194,6 @@ def run_case(case: Case, repeats: int, long_step_s: float) -> Case:
 # ----------------------------------------------------------------------------------------------
 
 
-def _machine(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} cores"
-
-
 def predicted_step_s(case: Case, done: list[Case]) -> float:
     """Step time extrapolated as N² from the largest N of the same series measured so far."""
     same = [r for r in done if (r.bench, r.outer, r.backend) == (case.bench, case.outer, case.backend)]
@@ -244,9 +204,9 @@ def predicted_step_s(case: Case, done: list[Case]) -> float:
     return last.time_ms / 1e3 * (case.N / last.N) ** 2
 
 
-def measure(case: Case, args, done: list[Case]) -> Case:
+def measure_case(case: Case, args, done: list[Case]) -> Case:
     case.predicted_mb = predicted_mb(case)
-    case.machine = _machine(case.device)
+    case.machine = measure.machine(case.device)
     case.load = os.getloadavg()[0]
     if case.device == "cpu" and case.predicted_mb > 1024 * args.budget_gb:
         case.status = "over budget"
@@ -328,7 +288,7 @@ def paired(args) -> None:
         for backend in times:
             wall, cpu = time.perf_counter(), time.process_time()
             results[backend] = step(backend)
-            _sync(args.device)
+            measure.sync(args.device)
             times[backend].append((time.perf_counter() - wall, time.process_time() - cpu))
     rows = []
     for backend, measured in times.items():
@@ -344,7 +304,7 @@ def paired(args) -> None:
                 "cpu_ms": f"{1e3 * statistics.median(c for _, c in measured):.1f}",
                 "repeats": len(measured),
                 "threads": torch.get_num_threads(),
-                "machine": _machine(args.device),
+                "machine": measure.machine(args.device),
             }
         )
     names = ("out", "da", "db", "dweight", "dbias")
@@ -416,7 +376,7 @@ def main() -> None:
     rows: dict[str, list[Case]] = {}
     done: list[Case] = []
     for case in cases(args):
-        row = measure(case, args, done)
+        row = measure_case(case, args, done)
         done.append(row)
         rows.setdefault(row.bench, []).append(row)
         print(

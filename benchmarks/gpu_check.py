@@ -1,13 +1,17 @@
-"""The measuring half of benchmarks/gpu_check.sh: the device's bf16 matmul peak, the issue's GPU
-cases (Triton backend against the materialising reference and torch.compile of it), and the one
-results file that gathers everything the script ran.
+"""The measuring half of benchmarks/gpu_check.sh: device facts, a smoke check of every GPU backend
+against the reference, the timing rows, and the one JSON summary of the run.
 
-    python benchmarks/gpu_check.py cases --out cases.json [--dry]
-    python benchmarks/gpu_check.py report --dir gpu_results
-    python benchmarks/gpu_check.py registers     # no GPU needed: ptxas report of every tuned tile
+    python benchmarks/gpu_check.py preflight --dir D
+    python benchmarks/gpu_check.py smoke --backends triton,sort,reference --dir D
+    python benchmarks/gpu_check.py time --impls triton,reference,compiled --ceilings --dir D
+    python benchmarks/gpu_check.py time --smoke cuda --impls cuda,cuda_det --dir D
+    python benchmarks/gpu_check.py report --dir D --dest OUT
 
-``--dry`` runs the same cases at tiny sizes on the CPU (Triton interpreter), to test the script.
-Ratios are reported, never asserted: the targets sit beside the measurements for the reader.
+Smoke checks and timing rows are appended to D/smoke.jsonl and D/rows.jsonl (flushed) as soon as
+each is done, so a step stopped by its time cap keeps everything it measured. Every timing row
+carries its error against a float64 reference of the same inputs and its peak memory above the
+inputs; rows that cannot run are written too, with the reason. ``--dry`` runs the same code on CPU
+tensors at tiny sizes (Triton interpreter), to test the script without a GPU.
 """
 
 from __future__ import annotations
@@ -15,27 +19,29 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import itertools
+import functools
 import json
 import math
+import os
 import platform
-import statistics
+import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import measure
+import peers
 import torch
 
-#: The issue's targets on H100/H200, reported next to the measured ratios.
-TARGETS = {
-    "speedup_vs_reference": 5.0,
-    "speedup_vs_compiled_reference": 2.0,
-    "memory_fraction_of_reference": 1 / 20,
-    "fraction_of_matmul_peak": 0.5,
-}
+import fastrel
+from fastrel import backends, reference
+
+MODES = ("fwd", "fwdbwd")
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+GRADIENTS = ("out", "da", "db", "dweight", "dbias")
 
 
 @dataclass(frozen=True)
@@ -43,352 +49,577 @@ class Case:
     name: str
     B: int
     N: int
+    M: int
     H: int
     R: int
-    modes: tuple[str, ...]
-    peers: tuple[str, ...]
     masked: bool = False
 
-    def forward_flops(self) -> int:
-        return 2 * self.B * self.N * self.N * self.H * self.R
 
-
+#: The timed shapes. paper: RGSA over 576 frames of 16×8 maps (H = C/8, R = C/16 at C = 2048);
+#: rgtr_clips: RGTR over 576 ragged clips of T = 8 frames (key masks); n1024/n2048: long sequences
+#: (H = 128, R = 64) with B chosen so that the float32 reference's fwd+bwd fits in about 35 GB.
 GPU_CASES = (
-    Case("rgsa_576_frames", 576, 128, 256, 128, ("fwd", "fwdbwd"), ("reference", "compiled_reference")),
-    Case("rgsa_large_forward", 4, 2048, 128, 128, ("fwd",), ("reference",)),
-    Case("rgtr_2000_frames", 1, 2000, 256, 128, ("fwd", "fwdbwd"), ("reference",), masked=True),
+    Case("paper", 576, 128, 128, 256, 128),
+    Case("rgtr_clips", 576, 8, 8, 256, 128, masked=True),
+    Case("n1024", 8, 1024, 1024, 128, 64),
+    Case("n2048", 4, 2048, 2048, 128, 64),
 )
 DRY_CASES = (
-    Case("rgsa_576_frames", 4, 8, 16, 16, ("fwd", "fwdbwd"), ("reference", "compiled_reference")),
-    Case("rgsa_large_forward", 1, 64, 16, 16, ("fwd",), ("reference",)),
-    Case("rgtr_2000_frames", 1, 40, 16, 8, ("fwd", "fwdbwd"), ("reference",), masked=True),
+    Case("paper", 2, 8, 8, 16, 8),
+    Case("rgtr_clips", 3, 4, 4, 16, 8, masked=True),
+    Case("n1024", 1, 12, 12, 8, 4),
+    Case("n2048", 1, 16, 16, 8, 4),
 )
+#: Smoke shapes (B, N, M, H, R): tails in every dimension, N > 64 (the CUDA kernels' two-pass
+#: path), and short clips; H and R are kept to few tile sizes so that Triton compiles few kernels.
+GPU_SMOKE_SHAPES = ((2, 37, 29, 48, 40), (2, 70, 33, 48, 40), (3, 8, 8, 64, 40))
+DRY_SMOKE_SHAPES = ((2, 5, 7, 6, 3), (2, 9, 4, 5, 4))
+#: Relative error allowed on top of twice the reference's own error in the same dtype.
+SMOKE_FLOOR = {torch.float32: 1e-5, torch.bfloat16: torch.finfo(torch.bfloat16).eps}
+#: Largest fp64 pair tensors the chunked exact reference makes at once.
+EXACT_BUDGET = {"cuda": 2 << 30, "cpu": 64 << 20}
 
 
-def inputs(case: Case, dtype: torch.dtype, device: str, seed: int = 0) -> dict:
-    """Random a, b, W_r, β_r (never zeros), a key mask for the tracklet case, an upstream gradient."""
+def device_of(dry: bool) -> str:
+    return "cpu" if dry else "cuda"
+
+
+def append_row(path: Path, row: dict) -> None:
+    """One JSON line, flushed, so that a step killed at its cap keeps what it wrote."""
+    with open(path, "a") as out:
+        out.write(json.dumps(row) + "\n")
+        out.flush()
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def short(error: BaseException) -> str:
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs and the exact reference
+
+
+def make_inputs(case: Case, dtype: torch.dtype, device: str, seed: int = 0) -> dict:
+    """a, b, W_r, β_r, an upstream gradient and (for clips) a ragged key mask; the same for a given
+    seed in every process, so rows measured by different steps see the same numbers."""
     g = torch.Generator().manual_seed(seed)
     t = {
         "a": torch.randn(case.B, case.N, case.H, generator=g),
-        "b": torch.randn(case.B, case.N, case.H, generator=g),
+        "b": torch.randn(case.B, case.M, case.H, generator=g),
         "weight": torch.randn(case.R, case.H, generator=g) / math.sqrt(case.H),
-        "bias": torch.randn(case.R, generator=g),
+        "bias": 0.1 * torch.randn(case.R, generator=g),
         "grad": torch.randn(case.B, case.N, case.R, generator=g),
     }
     t = {k: v.to(device=device, dtype=dtype) for k, v in t.items()}
     t["key_mask"] = None
     if case.masked:
-        mask = torch.ones(case.B, case.N, dtype=torch.bool)
-        mask[:, -max(case.N // 20, 1) :] = False  # a padded tail, as when tracklets are batched
-        t["key_mask"] = mask.to(device)
+        lengths = torch.randint(1, case.M + 1, (case.B, 1), generator=g)
+        t["key_mask"] = (torch.arange(case.M)[None, :] < lengths).to(device)
     return t
 
 
-def implementations() -> dict[str, Callable]:
-    import fastrel
-    from fastrel import reference
+def exact_reference(t: dict, budget_bytes: int) -> dict:
+    """Output and gradients of the reference in float64 on the (rounded) inputs ``t``, in chunks of
+    batch elements and query rows small enough for ``budget_bytes``: rows of g are independent and
+    the mask's count is per batch element, so the chunks' outputs and da are pieces of the whole,
+    and their db, dW and dβ add up to it."""
+    a, b, weight, bias, grad, mask = (t[k] for k in ("a", "b", "weight", "bias", "grad", "key_mask"))
+    B, N, H = a.shape
+    M, R = b.shape[1], weight.shape[0]
+    per_row = M * (3 * H + 2 * R) * 8
+    rows = max(1, budget_bytes // per_row)
+    row_step, batch_step = (N, max(1, rows // N)) if rows >= N else (rows, 1)
+    f64 = functools.partial(torch.zeros, dtype=torch.float64, device=a.device)
+    result = {"out": f64(B, N, R), "da": f64(B, N, H), "db": f64(B, M, H), "dweight": f64(R, H), "dbias": f64(R)}
+    w64, bias64 = weight.double().requires_grad_(), bias.double().requires_grad_()
+    for b0 in range(0, B, batch_step):
+        b1 = min(B, b0 + batch_step)
+        for i0 in range(0, N, row_step):
+            i1 = min(N, i0 + row_step)
+            a64 = a[b0:b1, i0:i1].double().requires_grad_()
+            b64 = b[b0:b1].double().requires_grad_()
+            chunk_mask = mask[b0:b1] if mask is not None else None
+            out = reference.global_relation(a64, b64, w64, bias64, key_mask=chunk_mask)
+            da, db, dweight, dbias = torch.autograd.grad(out, (a64, b64, w64, bias64), grad[b0:b1, i0:i1].double())
+            result["out"][b0:b1, i0:i1] = out.detach()
+            result["da"][b0:b1, i0:i1] = da
+            result["db"][b0:b1] += db
+            result["dweight"] += dweight
+            result["dbias"] += dbias
+    return result
+
+
+def rel_error(x: torch.Tensor, exact: torch.Tensor) -> float:
+    """‖x − exact‖ / ‖exact‖ in float64; infinite when x holds a NaN or an infinity."""
+    x = x.detach().double()
+    if not torch.isfinite(x).all():
+        return math.inf
+    scale = exact.norm().item()
+    diff = (x - exact).norm().item()
+    return diff / scale if scale > 0 else diff
+
+
+# ----------------------------------------------------------------------------------------------
+# Implementations
+
+
+def implementation(name: str, compile_backend: str) -> Callable:
+    """fn(a, b, weight, bias, key_mask) -> g for a timed implementation: a fastrel backend
+    (``<backend>`` or ``<backend>_det`` for its deterministic backward), ``reference`` (the
+    materialising oracle, autograd gradients) or ``compiled`` (torch.compile of it, static shapes)."""
+    if name == "reference":
+        return lambda a, b, weight, bias, key_mask: reference.global_relation(a, b, weight, bias, key_mask=key_mask)
+    if name == "compiled":
+        compiled = torch.compile(reference.global_relation, dynamic=False, backend=compile_backend)
+        return lambda a, b, weight, bias, key_mask: compiled(a, b, weight, bias, key_mask=key_mask)
+    backend, _, det = name.partition("_")
 
     def fused(a, b, weight, bias, key_mask):
-        return fastrel.global_relation(a, b, weight, bias, key_mask=key_mask, backend="triton", deterministic=False)
+        return fastrel.global_relation(a, b, weight, bias, key_mask=key_mask, backend=backend, deterministic=bool(det))
 
-    def fused_deterministic(a, b, weight, bias, key_mask):
-        return fastrel.global_relation(a, b, weight, bias, key_mask=key_mask, backend="triton", deterministic=True)
-
-    def materialising(a, b, weight, bias, key_mask):
-        return reference.global_relation(a, b, weight, bias, key_mask=key_mask)
-
-    return {
-        "triton": fused,
-        "triton_deterministic": fused_deterministic,
-        "reference": materialising,
-        "compiled_reference": torch.compile(materialising),
-    }
+    return fused
 
 
-def timed(fn: Callable[[], object], device: str) -> float:
-    """Median milliseconds of ``fn`` after warm-up (CUDA events through triton.testing.do_bench)."""
-    if device == "cuda":
-        import triton.testing
-
-        return float(triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median"))
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def refusal(name: str, device: str, dtype: torch.dtype) -> str | None:
+    """Why implementation ``name`` cannot run on ``device`` in ``dtype``, or None."""
+    if name in ("reference", "compiled"):
+        return None
+    backend, _, det = name.partition("_")
+    if backend not in backends.BACKENDS:
+        return f"unknown backend {backend!r}"
+    return backends.get(backend).refusal(device, dtype, "relu", "relu", bool(det))
 
 
-def measure(impl: Callable, t: dict, mode: str, device: str) -> dict:
-    """First-call seconds (compilation, autotuning), median time and peak memory above the inputs."""
+def predicted_bytes(name: str, case: Case, dtype: torch.dtype, mode: str) -> int:
+    """Peak memory above the inputs, estimated on the high side (peers.predicted_peak_bytes)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    peer = "reference" if name in ("reference", "compiled") else "keops"  # keops: O((N + M) H), like fused
+    return peers.predicted_peak_bytes(peer, case.B, case.N, case.M, case.H, case.R, size, mode == "fwdbwd", 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Smoke: every backend against the reference, small shapes, both dtypes, masks, both backward modes
+
+
+def smoke(names: list[str], dry: bool, path: Path) -> bool:
+    """True when every backend is usable and every check agrees with the reference."""
+    prefer_native = backends.sort.PREFER_NATIVE
+    backends.sort.PREFER_NATIVE = not dry  # dry: the torch-ops sort path, which is what runs on a GPU
+    try:
+        return _smoke(names, dry, path)
+    finally:
+        backends.sort.PREFER_NATIVE = prefer_native
+
+
+def _smoke(names: list[str], dry: bool, path: Path) -> bool:
+    device = device_of(dry)
+    shapes = DRY_SMOKE_SHAPES if dry else GPU_SMOKE_SHAPES
+    ok = True
+    for name in names:
+        backend = backends.get(name)
+        pairs = [(inner, outer) for inner in backend.inner for outer in backend.outer]
+        for k, (shape, dtype) in enumerate((s, d) for s in shapes for d in DTYPES.values()):
+            inner, outer = pairs[k % len(pairs)]
+            deterministic = backend.deterministic and (k // 2) % 2 == 0
+            mask = ("none", "ragged", "empty_row")[k % 3]
+            row = {"backend": name, "shape": shape, "dtype": str(dtype)[6:], "inner": inner, "outer": outer}
+            row.update(mask=mask, deterministic=deterministic)
+            reason = backend.refusal(device, dtype, inner, outer, deterministic)
+            began = time.perf_counter()
+            if reason is not None:
+                row["status"] = f"unavailable: {reason}"
+            else:
+                try:
+                    row.update(smoke_check(name, shape, dtype, inner, outer, mask, deterministic, device, seed=k))
+                    row["status"] = "ok" if row["agrees"] else "disagrees"
+                except Exception as error:  # a crash is a result of the check, not the end of the step
+                    row["status"] = f"error: {short(error)}"
+                    traceback.print_exc()
+            row["seconds"] = time.perf_counter() - began
+            ok &= row["status"] == "ok"
+            append_row(path, row)
+            errors = " ".join(f"{n} {e:.1e}" for n, e in row.get("errors", {}).items())
+            print(f"smoke {name:9s} {shape} {row['dtype']:8s} {inner}/{outer} {mask:9s} det={int(deterministic)} "
+                  f"{row['status']} {errors}", flush=True)
+    return ok
+
+
+def smoke_check(name, shape, dtype, inner, outer, mask, deterministic, device, seed) -> dict:
+    B, N, M, H, R = shape
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(B, N, H, generator=g), torch.randn(B, M, H, generator=g)
+    weight, bias = torch.randn(R, H, generator=g) / math.sqrt(H), 0.5 * torch.randn(R, generator=g)
+    grad = torch.randn(B, N, R, generator=g)
+    key_mask = None
+    if mask != "none":
+        key_mask = torch.rand(B, M, generator=g) < 0.7
+        if mask == "empty_row":
+            key_mask[0] = False
+        key_mask = key_mask.to(device)
+    rounded = [t.to(dtype).to(device) for t in (a, b, weight, bias, grad)]
+
+    def run(fn, cast):
+        leaves = [t.to(cast).requires_grad_() for t in rounded[:4]]
+        out = fn(*leaves, key_mask)
+        return [out, *torch.autograd.grad(out, leaves, rounded[4].to(cast))]
+
+    def direct(a, b, weight, bias, key_mask):
+        return reference.global_relation(a, b, weight, bias, inner=inner, outer=outer, key_mask=key_mask)
+
+    def through(a, b, weight, bias, key_mask):
+        return fastrel.global_relation(a, b, weight, bias, inner=inner, outer=outer, key_mask=key_mask,
+                                       backend=name, deterministic=deterministic)
+
+    exact = [x.detach() for x in run(direct, torch.float64)]
+    own = run(direct, dtype)
+    got = run(through, dtype)
+    errors = {n: rel_error(x, e) for n, x, e in zip(GRADIENTS, got, exact)}
+    allowed = {n: 2 * rel_error(x, e) + SMOKE_FLOOR[dtype] for n, x, e in zip(GRADIENTS, own, exact)}
+    return {"errors": errors, "allowed": allowed, "agrees": all(errors[n] <= allowed[n] for n in GRADIENTS)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing rows
+
+
+def plan(cases, impls: list[str]) -> list[tuple[Case, str, str, str]]:
+    """(case, dtype, impl, mode) in the order measured, what matters most first, so that the time
+    cap cuts the least important: bf16 fused and reference rows, bf16 torch.compile rows, the same
+    in fp32, then the deterministic backward (bf16)."""
+    fused = [i for i in impls if i != "compiled" and not i.endswith("_det")]
+    compiled = [i for i in impls if i == "compiled"]
+    det = [i for i in impls if i.endswith("_det")]
+    order = []
+    for dtype in DTYPES:
+        for group in (fused, compiled):
+            order += [(case, dtype, impl, mode) for case in cases for impl in group for mode in MODES]
+    order += [(case, "bfloat16", impl, "fwdbwd") for case in cases for impl in det]
+    return order
+
+
+@dataclass
+class Limits:
+    deadline: float  # perf_counter after which no row starts
+    compile_budget_s: float  # first-call seconds torch.compile rows may spend in all
+    memory_bytes: int  # rows predicted above this are skipped
+    min_time: float
+    min_repeats: int
+    max_repeats: int
+
+
+def measure_row(fn: Callable, t: dict, exact: dict | None, mode: str, device: str, limits: Limits) -> dict:
+    """First-call seconds (compilation, autotuning), error against the exact reference, peak
+    memory of one call above the inputs, then the median time of repeated calls."""
     leaves = [t[k].detach().requires_grad_(mode == "fwdbwd") for k in ("a", "b", "weight", "bias")]
 
     def call():
         if mode == "fwd":
             with torch.no_grad():
-                return impl(*leaves, t["key_mask"])
-        out = impl(*leaves, t["key_mask"])
-        return torch.autograd.grad(out, leaves, t["grad"])
+                return [fn(*leaves, t["key_mask"])]
+        out = fn(*leaves, t["key_mask"])
+        return [out, *torch.autograd.grad(out, leaves, t["grad"])]
 
-    start = time.perf_counter()
-    call()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    first_call_s = time.perf_counter() - start
-    peak_mib = None
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        call()
-        torch.cuda.synchronize()
-        peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
-    return {"time_ms": timed(call, device), "first_call_s": first_call_s, "peak_mib": peak_mib}
-
-
-def accuracy(impls: dict, case: Case, dtype: torch.dtype, device: str) -> dict:
-    """Relative errors of the Triton backend and of the reference in ``dtype`` against the reference in
-    float32 (float64 on the CPU), forward and every gradient, on a cut of the case that keeps the
-    float32 reference's pair tensors small: at most 4 batch elements and 512 items."""
-    small = Case(case.name, min(case.B, 4), min(case.N, 512), case.H, case.R, case.modes, case.peers, case.masked)
-    t = inputs(small, dtype, device, seed=1)
-    exact_dtype = torch.float64 if device == "cpu" else torch.float32
-
-    def run(impl, cast):
-        leaves = [t[k].to(cast).detach().requires_grad_() for k in ("a", "b", "weight", "bias")]
-        out = impl(*leaves, t["key_mask"])
-        grads = torch.autograd.grad(out, leaves, t["grad"].to(cast))
-        return [out, *grads]
-
-    exact = run(impls["reference"], exact_dtype)
-    names = ("out", "da", "db", "dweight", "dbias")
-    result = {}
-    for label, impl in (("triton", impls["triton"]), ("reference", impls["reference"])):
-        got = run(impl, dtype)
-        result[label] = {
-            n: float((x.to(exact_dtype) - y).norm() / y.norm().clamp(min=1e-30)) for n, x, y in zip(names, got, exact)
-        }
-    return result
+    row = {}
+    began = time.perf_counter()
+    result = call()
+    measure.sync(device)
+    row["first_call_s"] = time.perf_counter() - began
+    if exact is not None:
+        errors = {n: rel_error(x, exact[n]) for n, x in zip(GRADIENTS, result)}
+        row["rel_err"] = max(errors.values())
+        row["rel_errors"] = errors
+    del result
+    row["peak_mib"] = measure.peak_bytes(call, device) / 2**20
+    times = measure.repeat_seconds(call, device, limits.min_time, limits.min_repeats, limits.max_repeats,
+                                   limits.deadline)
+    row.update(measure.summarise(times))
+    return row
 
 
-def matmul_peak_tflops(device: str) -> float:
-    """Measured bf16 matmul rate of the device (random operands, not zeros)."""
-    n = 8192 if device == "cuda" else 256
-    x = torch.randn(n, n, device=device).to(torch.bfloat16)
-    y = torch.randn(n, n, device=device).to(torch.bfloat16)
-    ms = timed(lambda: x @ y, device)
-    return 2 * n**3 / (ms * 1e-3) / 1e12
+def time_rows(cases, impls: list[str], dry: bool, path: Path, limits: Limits, compile_backend: str) -> None:
+    device = device_of(dry)
+    peak = next((r["matmul_bf16_tflops"] for r in read_rows(path) if r.get("kind") == "ceiling"), None)
+    prepared: dict[tuple[str, str], tuple[dict, dict | None]] = {}
+    compile_spent = 0.0
+    for case, dtype_name, impl, mode in plan(cases, impls):
+        dtype = DTYPES[dtype_name]
+        row = {"kind": "row", **asdict(case), "dtype": dtype_name, "impl": impl, "mode": mode, "device": device}
+        need = predicted_bytes(impl, case, dtype, mode)
+        row["predicted_mib"] = need / 2**20
+        reason = refusal(impl, device, dtype)
+        if reason is None and time.perf_counter() > limits.deadline:
+            reason = "the step's time budget was spent"
+        if reason is None and need > limits.memory_bytes:
+            reason = f"predicted {need / 2**30:.1f} GiB > {limits.memory_bytes / 2**30:.1f} GiB available"
+        if reason is None and impl == "compiled" and compile_spent > limits.compile_budget_s:
+            reason = f"torch.compile budget spent ({compile_spent:.0f} s > {limits.compile_budget_s:.0f} s)"
+        began = time.perf_counter()
+        if reason is not None:
+            row["status"] = f"skipped: {reason}"
+        else:
+            try:
+                key = (case.name, dtype_name)
+                if key not in prepared:  # inputs and exact reference, kept for the group's later rows
+                    t = make_inputs(case, dtype, device)
+                    try:
+                        prepared[key] = (t, exact_reference(t, EXACT_BUDGET[device]))
+                    except torch.OutOfMemoryError:
+                        prepared[key] = (t, None)
+                        row["note"] = "no error: the float64 reference ran out of memory"
+                    row["prepare_s"] = time.perf_counter() - began
+                t, exact = prepared[key]
+                fn = implementation(impl, compile_backend)
+                row.update(measure_row(fn, t, exact, mode, device, limits))
+                row["status"] = "ok"
+            except torch.OutOfMemoryError:
+                row["status"] = "error: out of memory"
+            except Exception as error:  # one failing row must not stop the others
+                row["status"] = f"error: {short(error)}"
+                traceback.print_exc()
+            if impl == "compiled":
+                compile_spent += row.get("first_call_s", time.perf_counter() - began)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        if row["status"] == "ok":
+            row["tflops"] = measure.global_relation_flops(case.B, case.N, case.M, case.H, case.R, mode) / (
+                row["time_ms"] / 1e3) / 1e12
+            if peak:
+                row["pct_of_matmul_peak"] = 100 * row["tflops"] / peak
+        row["seconds"] = time.perf_counter() - began
+        append_row(path, row)
+        print(progress(row), flush=True)
 
 
-def run_cases(dry: bool, out: Path) -> dict:
-    """Measure every case; ``out`` is rewritten after each measurement, so a run cut short by the
-    script's time cap still leaves what it measured."""
-    device = "cpu" if dry else "cuda"
-    dtype = torch.bfloat16
-    impls = implementations()
-    result = {"device": device_name(device), "dtype": "bfloat16", "targets": TARGETS, "cases": {}}
-    result["matmul_peak_tflops"] = peak = matmul_peak_tflops(device)
-    print(f"bf16 matmul peak: {peak:.1f} TFLOP/s", flush=True)
-    for case in DRY_CASES if dry else GPU_CASES:
-        t = inputs(case, dtype, device)
-        entry = {"shape": dict(B=case.B, N=case.N, M=case.N, H=case.H, R=case.R, masked=case.masked)}
-        for mode in case.modes:
-            mine = ("triton", "triton_deterministic") if mode == "fwdbwd" else ("triton",)
-            for name in (*mine, *case.peers):
-                key = f"{name}/{mode}"
-                try:
-                    entry[key] = measure(impls[name], t, mode, device)
-                except Exception as error:  # an OOM or a compile failure is a result, not a crash
-                    entry[key] = {"error": f"{type(error).__name__}: {error}".splitlines()[0][:300]}
-                    traceback.print_exc()
-                print(case.name, key, entry[key], flush=True)
-                result["cases"][case.name] = entry
-                out.write_text(json.dumps(result, indent=1))
-                if device == "cuda":
-                    torch.cuda.empty_cache()
-        try:
-            entry["accuracy"] = accuracy(impls, case, dtype, device)
-        except Exception as error:
-            entry["accuracy"] = {"error": f"{type(error).__name__}: {error}".splitlines()[0][:300]}
-        entry["ratios"] = ratios(entry, case, peak)
-        out.write_text(json.dumps(result, indent=1))
-    return result
+def progress(row: dict) -> str:
+    what = f"{row['name']:10s} {row['dtype']:8s} {row['impl']:12s} {row['mode']:6s}"
+    if row["status"] != "ok":
+        return f"{what} {row['status']}"
+    err = f"{row['rel_err']:.1e}" if row.get("rel_err") is not None else "-"
+    return (f"{what} {row['time_ms']:9.3f} ms  {row['peak_mib']:9.1f} MiB  err {err}  "
+            f"{row.get('pct_of_matmul_peak', float('nan')):5.1f}% peak  first call {row['first_call_s']:.1f} s")
 
 
-def ratios(entry: dict, case: Case, peak: float) -> dict:
-    """Speed-ups and memory fractions of both Triton modes against each peer, and the forward rate
-    against the matmul peak."""
-    out = {}
-    for mode, impl in itertools.product(case.modes, ("triton", "triton_deterministic")):
-        mine = entry.get(f"{impl}/{mode}", {})
-        if "time_ms" not in mine:
-            continue
-        for peer in case.peers:
-            theirs = entry.get(f"{peer}/{mode}", {})
-            if "time_ms" in theirs:
-                out[f"{impl}_speedup_vs_{peer}/{mode}"] = theirs["time_ms"] / mine["time_ms"]
-            if mine.get("peak_mib") and theirs.get("peak_mib"):
-                out[f"{impl}_memory_fraction_of_{peer}/{mode}"] = mine["peak_mib"] / theirs["peak_mib"]
-        if mode == "fwd":
-            tflops = case.forward_flops() / (mine["time_ms"] * 1e-3) / 1e12
-            out["triton_fwd_tflops"] = tflops
-            out["fraction_of_matmul_peak/fwd"] = tflops / peak
-    return out
+def ceilings(dry: bool, path: Path) -> None:
+    """The measured bf16 matmul peak and device-to-device copy bandwidth, as the first row."""
+    device = device_of(dry)
+    row = {"kind": "ceiling", "device": device}
+    row["matmul_bf16_tflops"] = measure.matmul_peak_tflops(device, torch.bfloat16, 256 if dry else 8192)
+    row["copy_gbs"] = measure.copy_bandwidth_gbs(device, 16 if dry else 2048)
+    append_row(path, row)
+    print(f"bf16 matmul peak {row['matmul_bf16_tflops']:.1f} TFLOP/s, copy {row['copy_gbs']:.0f} GB/s", flush=True)
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return f"{platform.processor() or platform.machine()} CPU (Triton interpreter)"
+# ----------------------------------------------------------------------------------------------
+# Preflight
 
 
-def report(directory: Path) -> dict:
-    """Gather steps.tsv, the log tails, cases.json and the benchmark CSV into gpu_check.json."""
-    result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": sys.version.split()[0],
+def tool_version(command: list[str]) -> str:
+    """The first informative line a tool prints about its version, or why it could not run."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"unavailable: {short(error)}"
+    lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    if done.returncode != 0:
+        return f"unavailable: exit {done.returncode}: {lines[-1] if lines else ''}"
+    release = [line for line in lines if "release" in line.lower() or "version" in line.lower()]
+    return (release or lines or [""])[-1]
+
+
+def preflight(dry: bool, path: Path) -> bool:
+    """Versions of the interpreter, torch, Triton, the CUDA tools, and the GPU's name, memory and
+    multiprocessors (device.json); False when no GPU is visible outside dry mode."""
+    facts = {
+        "python": f"{sys.executable} {platform.python_version()}",
         "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "device": device_name("cuda" if torch.cuda.is_available() else "cpu"),
-        "steps": [],
+        "torch_cuda": torch.version.cuda,
+        "kernel": platform.release(),
+        "host": measure.machine("cpu"),
+        "nvcc": tool_version(["nvcc", "--version"]),
+        "nvidia_smi": tool_version(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                                    "--format=csv,noheader"]),
+        "compute_sanitizer": tool_version(["compute-sanitizer", "--version"]),
+        "cuobjdump": tool_version(["cuobjdump", "--version"]),
     }
     try:
         import triton
 
-        result["triton"] = triton.__version__
+        facts["triton"] = triton.__version__
     except ImportError as error:
-        result["triton"] = f"unavailable: {error}"
-    steps = directory / "logs" / "steps.tsv"
+        facts["triton"] = f"unavailable: {short(error)}"
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        facts.update(gpu=p.name, gpu_memory_gib=p.total_memory / 2**30, sm_count=p.multi_processor_count,
+                     capability=f"{p.major}.{p.minor}", l2_mib=getattr(p, "L2_cache_size", 0) / 2**20)
+    else:
+        facts["gpu"] = "none visible"
+    path.write_text(json.dumps(facts, indent=1))
+    for key, value in facts.items():
+        print(f"{key:18s} {value}")
+    return dry or torch.cuda.is_available()
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+
+
+def report(directory: Path, dest: Path) -> dict:
+    """Gather device.json, steps.tsv, the smoke and timing rows and the logs' test summaries into
+    dest/gpu_check.json, with the rows also as dest/gpu_check_rows.csv."""
+    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    device = directory / "device.json"
+    result["device"] = json.loads(device.read_text()) if device.exists() else None
+    result["steps"] = []
+    steps = directory / "steps.tsv"
     for line in steps.read_text().splitlines() if steps.exists() else []:
-        name, rc, seconds = line.split("\t")
+        name, status, rc, seconds, cap = line.split("\t")
+        entry = {"name": name, "status": status, "rc": int(rc) if rc else None, "seconds": float(seconds)}
+        entry["cap_s"] = float(cap) if cap else None
         log = directory / "logs" / f"{name}.log"
-        tail = log.read_text(errors="replace").splitlines()[-40:] if log.exists() else []
-        result["steps"].append({"name": name, "rc": int(rc), "seconds": float(seconds), "log_tail": tail})
-    cases = directory / "cases.json"
-    result["cases"] = json.loads(cases.read_text()) if cases.exists() else None
-    bench = sorted(directory.glob("bench_*.csv"))
-    result["benchmark_rows"] = [row for path in bench for row in csv.DictReader(path.open())]
-    (directory / "gpu_check.json").write_text(json.dumps(result, indent=1))
+        if log.exists():
+            lines = log.read_text(errors="replace").splitlines()
+            entry["log_tail"] = lines[-12:]
+            if name.endswith("tests"):
+                entry["tests"] = test_outcomes(lines)
+        result["steps"].append(entry)
+    rows = read_rows(directory / "rows.jsonl")
+    result["ceilings"] = next((r for r in rows if r.get("kind") == "ceiling"), None)
+    result["rows"] = [r for r in rows if r.get("kind") == "row"]
+    result["smoke"] = read_rows(directory / "smoke.jsonl")
+    result["ratios"] = ratios(result["rows"])
+    result["first_call_s"] = first_call_seconds(result["rows"])
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "gpu_check.json").write_text(json.dumps(result, indent=1))
+    with open(dest / "gpu_check_rows.csv", "w", newline="") as out:
+        fields = ["name", "B", "N", "M", "H", "R", "masked", "dtype", "impl", "mode", "status", "time_ms",
+                  "time_p25_ms", "time_p75_ms", "repeats", "first_call_s", "peak_mib", "predicted_mib", "rel_err",
+                  "tflops", "pct_of_matmul_peak", "device"]
+        writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(result["rows"])
     return result
 
 
+def test_outcomes(lines: list[str]) -> dict:
+    """Counts of the outcomes pytest -v printed, one line per test, and the tests that failed: a
+    run stopped at its cap still tells what passed."""
+    counts = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+    failed = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and "::" in parts[0] and parts[1].lower() in counts:
+            counts[parts[1].lower()] += 1
+            if parts[1] in ("FAILED", "ERROR"):
+                failed.append(parts[0])
+    return {**counts, "not_passed": failed}
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Per fastrel row: speed-up over the reference and over torch.compile(reference), and its peak
+    memory as a fraction of the reference's, from rows of the same case, dtype and mode."""
+    ok = {(r["name"], r["dtype"], r["mode"], r["impl"]): r for r in rows if r["status"] == "ok"}
+    out = []
+    for (name, dtype, mode, impl), row in ok.items():
+        if impl in ("reference", "compiled"):
+            continue
+        entry = {"name": name, "dtype": dtype, "mode": mode, "impl": impl}
+        for peer in ("reference", "compiled"):
+            theirs = ok.get((name, dtype, mode, peer))
+            if theirs:
+                entry[f"speedup_vs_{peer}"] = theirs["time_ms"] / row["time_ms"]
+                if theirs["peak_mib"] > 0:
+                    entry[f"memory_fraction_of_{peer}"] = row["peak_mib"] / theirs["peak_mib"]
+        out.append(entry)
+    return out
+
+
+def first_call_seconds(rows: list[dict]) -> dict:
+    """Seconds each implementation spent in first calls beyond a timed call: Triton's compilation
+    and autotuning, torch.compile's compilation."""
+    spent: dict[str, float] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            spent[r["impl"]] = spent.get(r["impl"], 0.0) + max(0.0, r["first_call_s"] - r["time_ms"] / 1e3)
+    return spent
+
+
 def summary(result: dict) -> str:
-    lines = [f"device: {result['device']}  torch {result['torch']}  triton {result.get('triton')}"]
-    lines += [f"  step {s['name']:<24} rc={s['rc']:<4} {s['seconds']:7.1f} s" for s in result["steps"]]
-    cases = result.get("cases") or {}
-    if cases:
-        lines.append(f"  bf16 matmul peak {cases['matmul_peak_tflops']:.1f} TFLOP/s")
-        for name, entry in cases["cases"].items():
-            for key, value in entry.get("ratios", {}).items():
-                lines.append(f"  {name:<20} {key:<52} {value:10.4g}")
-            for key, value in entry.items():
-                if "/" in key and "time_ms" in value:
-                    mem = value["peak_mib"]
-                    mem_text = f"{mem:9.1f} MiB" if mem is not None else "      - MiB"
-                    lines.append(f"  {name:<20} {key:<52} {value['time_ms']:10.3f} ms {mem_text}")
-                elif "/" in key:
-                    lines.append(f"  {name:<20} {key:<52} {value.get('error')}")
-            acc = entry.get("accuracy", {})
-            if "triton" in acc:
-                worst = max(acc["triton"].values())
-                ref = max(acc["reference"].values())
-                lines.append(f"  {name:<20} {'max rel err triton / bf16 reference':<52} {worst:.2e} / {ref:.2e}")
-    lines.append(f"  benchmark rows: {len(result.get('benchmark_rows') or [])}")
+    device = result.get("device") or {}
+    lines = [f"device {device.get('gpu')} | torch {device.get('torch')} | triton {device.get('triton')} | "
+             f"nvcc {device.get('nvcc')}"]
+    lines += [f"  step {s['name']:16s} {s['seconds']:6.0f} s  {s['status']}" for s in result["steps"]]
+    smoke_rows = result["smoke"]
+    for name in dict.fromkeys(r["backend"] for r in smoke_rows):
+        mine = [r for r in smoke_rows if r["backend"] == name]
+        good = sum(r["status"] == "ok" for r in mine)
+        bad = [r["status"] for r in mine if r["status"] != "ok"]
+        lines.append(f"  smoke {name:10s} {good}/{len(mine)} agree" + (f"  ({bad[0]})" if bad else ""))
+    if result["ceilings"]:
+        c = result["ceilings"]
+        lines.append(f"  bf16 matmul peak {c['matmul_bf16_tflops']:.1f} TFLOP/s, copy {c['copy_gbs']:.0f} GB/s")
+    lines += ["  " + progress(r) for r in result["rows"]]
+    lines.append("  speed-up (×) and memory fraction against the reference and torch.compile(reference):")
+    short_names = {"speedup_vs_reference": "× ref", "speedup_vs_compiled": "× compiled",
+                   "memory_fraction_of_reference": "mem/ref", "memory_fraction_of_compiled": "mem/compiled"}
+    for r in result["ratios"]:
+        parts = [f"{short_names[k]} {r[k]:.3g}" for k in short_names if k in r]
+        lines.append(f"  {r['name']:10s} {r['dtype']:8s} {r['impl']:12s} {r['mode']:6s} " + "  ".join(parts))
+    lines.append("  first-call seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["first_call_s"].items()))
     return "\n".join(lines)
 
 
-#: Pointer arguments that carry the input dtype; the other pointers are fp32 buffers.
-_IO_POINTERS = ("a_ptr", "b_ptr", "w_ptr", "bias_ptr", "grad_ptr", "g_ptr")
+# ----------------------------------------------------------------------------------------------
 
 
-def registers(arch: int = 90) -> list[str]:
-    """Compile the forward and backward kernels for sm_<arch> at every autotuned tile (bf16, relu,
-    H 128 and 256) with Triton's bundled ptxas and report registers, spill bytes and the MMA kind:
-    register spills are the first suspect when a kernel is slow, and this needs no GPU."""
-    import os
-    import re
-    import subprocess
-    import tempfile
-
-    import triton
-    import triton.language as tl
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from fastrel.kernels import global_relation as k
-
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    target = GPUTarget("cuda", arch, 32)
-    lines = []
-
-    def report(fn, constants: dict, warps: int, stages: int, label: str) -> None:
-        signature = {}
-        for param in fn.params:
-            name = param.name
-            if param.is_constexpr:
-                signature[name] = "constexpr"
-            elif name.endswith("_ptr"):
-                signature[name] = "*bf16" if name in _IO_POINTERS else "*fp32"
-            else:
-                signature[name] = "i32"
-        source = ASTSource(fn=fn, signature=signature, constexprs=constants)
-        try:
-            kernel = triton.compile(source, target=target, options=dict(num_warps=warps, num_stages=stages))
-        except Exception as error:
-            lines.append(f"{label:<44} compile error: {str(error).splitlines()[0][:200]}")
-            return
-        ptx = kernel.asm["ptx"]
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "kernel.ptx")
-            with open(path, "w") as f:
-                f.write(ptx)
-            out = subprocess.run(
-                [ptxas, f"-arch=sm_{arch}a", "-v", path, "-o", os.path.join(tmp, "kernel.cubin")],
-                capture_output=True,
-                text=True,
-            ).stderr
-        regs = re.findall(r"Used (\d+) registers", out)
-        spills = re.findall(r"(\d+) bytes spill stores", out)
-        mma = "wgmma" if "wgmma" in ptx else ("mma" if "mma.sync" in ptx else "no mma")
-        lines.append(
-            f"{label:<44} regs {regs[0] if regs else '?':>4}  spill {spills[0] if spills else '?':>5} B"
-            f"  smem {kernel.metadata.shared:>6} B  {mma}"
-        )
-
-    common = dict(INNER=1, OUTER=1, HAS_BIAS=True, HAS_MASK=True, ACC=tl.float32, DOT=tl.bfloat16, PRECISION="tf32")
-    for o, l, warps, stages in k._FORWARD_TILES:
-        constants = dict(common, DIFF=tl.bfloat16, BLOCK_O=o, BLOCK_L=l, BLOCK_H=64, BLOCK_R=64)
-        report(k._forward_kernel, constants, warps, stages, f"forward O{o} L{l} w{warps} s{stages}")
-    for h in (128, 256):
-        for o, l, warps, stages in k._BACKWARD_TILES:
-            for own_keys, atomic in ((False, False), (True, False), (False, True)):
-                constants = dict(common, OWN_KEYS=own_keys, ATOMIC_DB=atomic, BLOCK_O=o, BLOCK_L=l, BLOCK_H=h)
-                constants["BLOCK_R"] = 32
-                name = "columns" if own_keys else ("rows+atomic" if atomic else "rows")
-                report(k._backward_kernel, constants, warps, stages, f"backward {name} H{h} O{o} L{l} w{warps}")
-    return lines
+def names(text: str) -> list[str]:
+    return [x for x in text.split(",") if x]
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    cases = sub.add_parser("cases", help="matmul peak and the issue's GPU cases")
-    cases.add_argument("--out", type=Path, required=True)
-    cases.add_argument("--dry", action="store_true", help="tiny sizes on the CPU (Triton interpreter)")
-    rep = sub.add_parser("report", help="write <dir>/gpu_check.json and print a summary")
-    rep.add_argument("--dir", type=Path, required=True)
-    reg = sub.add_parser("registers", help="ptxas register/spill report of every tuned tile (no GPU needed)")
-    reg.add_argument("--arch", type=int, default=90)
+    commands = {name: sub.add_parser(name) for name in ("preflight", "smoke", "time", "report")}
+    for name, command in commands.items():
+        command.add_argument("--dir", type=Path, required=True, help="the run's working folder")
+        if name != "report":
+            command.add_argument("--dry", action="store_true", help="CPU tensors, tiny sizes")
+    commands["smoke"].add_argument("--backends", type=names, required=True)
+    timing = commands["time"]
+    timing.add_argument("--impls", type=names, required=True, help="backends, <backend>_det, reference, compiled")
+    timing.add_argument("--smoke", type=names, default=[], help="smoke-check these backends first")
+    timing.add_argument("--ceilings", action="store_true", help="measure the matmul peak and copy bandwidth first")
+    cap = float(os.environ.get("STEP_CAP", "1e9"))
+    timing.add_argument("--budget", type=float, default=cap - 8, help="seconds after which no row starts")
+    timing.add_argument("--compile-budget", type=float, default=60.0, help="first-call seconds for torch.compile")
+    commands["report"].add_argument("--dest", type=Path, required=True)
     args = parser.parse_args(argv)
-    if args.command == "cases":
-        if not args.dry and not torch.cuda.is_available():
-            parser.error("cases: no CUDA device; use --dry on a CPU machine")
-        run_cases(args.dry, args.out)
-    elif args.command == "registers":
-        print("\n".join(registers(args.arch)))
+    args.dir.mkdir(parents=True, exist_ok=True)
+
+    if args.command == "preflight":
+        return 0 if preflight(args.dry, args.dir / "device.json") else 1
+    if args.command == "smoke":
+        return 0 if smoke(args.backends, args.dry, args.dir / "smoke.jsonl") else 1
+    if args.command == "report":
+        print(summary(report(args.dir, args.dest)))
+        return 0
+    started = time.perf_counter()
+    ok = smoke(args.smoke, args.dry, args.dir / "smoke.jsonl") if args.smoke else True
+    torch._dynamo.config.recompile_limit = 64  # one static graph per case, dtype and mode
+    if args.dry:
+        limits = Limits(started + args.budget, args.compile_budget, 1 << 30, 0.0, 1, 2)
     else:
-        print(summary(report(args.dir)))
+        free, _ = torch.cuda.mem_get_info()
+        limits = Limits(started + args.budget, args.compile_budget, int(free * 0.8), 0.2, 5, 200)
+    if args.ceilings:
+        ceilings(args.dry, args.dir / "rows.jsonl")
+    cases = DRY_CASES if args.dry else GPU_CASES
+    time_rows(cases, args.impls, args.dry, args.dir / "rows.jsonl", limits, "eager" if args.dry else "inductor")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""``python -m fastrel.demo``: RGSA and RGTR through every usable CPU backend, checked against the reference.
+"""``python benchmarks/demo.py``: RGSA and RGTR through every usable CPU backend, checked against the reference.
 
 Each backend runs the same modules (same parameters) on the same random inputs, forward and
 backward, in a fresh process of its own. Outputs and parameter gradients are compared with the
@@ -9,10 +9,7 @@ peak memory are shown beside the reference's. The exit status is 1 when any back
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -20,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import measure
 import torch
 
 from fastrel import backends
@@ -56,25 +54,6 @@ def _sizes(quick: bool) -> dict:
 # One backend, in its own process
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        return int(re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.MULTILINE).group(1))
-
-
-def _peak_bytes(step) -> int:
-    """Growth of the peak RSS during ``step()``, after returning freed heap memory to the OS."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    baseline = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")
-    step()
-    return max(_status_kib("VmHWM") - baseline, 0) * 1024
-
-
 def _run_backend(backend: str, inner: str, outer: str, dtype: torch.dtype, quick: bool, out_path: str) -> dict:
     """Forward + backward of RGSA and RGTR; saves results to ``out_path``, returns time and memory."""
     size = _sizes(quick)
@@ -101,7 +80,7 @@ def _run_backend(backend: str, inner: str, outer: str, dtype: torch.dtype, quick
         return {"RGSA feature": feature, "RGSA attention": attention, "RGTR clip": clip, "RGTR refined": refined}
 
     step()  # warm-up
-    peak = _peak_bytes(step)
+    peak = measure.cpu_peak_bytes(step)
     seconds = []
     for _ in range(5):
         begin = time.perf_counter()
@@ -141,7 +120,7 @@ def _candidates() -> list[tuple[str, str | None, tuple[str, str] | None]]:
 def _spawn(backend: str, activations: tuple[str, str], dtype: str, options: list[str], folder: Path):
     """Run one backend in a fresh process: (time and memory, outputs and gradients)."""
     path = folder / f"{backend}_{activations[0]}_{activations[1]}_{dtype}.pt"
-    command = [sys.executable, "-m", "fastrel.demo", "--worker", backend, *activations, path.as_posix()]
+    command = [sys.executable, __file__, "--worker", backend, *activations, path.as_posix()]
     done = subprocess.run([*command, "--dtype", dtype, *options], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"backend {backend!r} failed:\n{done.stderr.strip()}")
@@ -226,7 +205,7 @@ def demo(quick: bool = False, threads: int | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastrel.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/demo.py", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")

@@ -1,15 +1,18 @@
-"""Small forward + backward runs of the ``cuda`` backend, checked against the reference.
+"""Small forward + backward runs of one backend (``cuda`` by default), checked against the reference.
 
 Meant to run under NVIDIA compute-sanitizer (memcheck, racecheck, synccheck), so the cases are tiny
 but cover every kernel: every inner/outer activation pair, a key mask with an all-false row, both
 backward modes, a whole-clip shape (N, M ≤ 64) and a two-pass shape (N > 64), tails in H and R,
-and the bf16/fp16 tensor-core and fp64 paths. Exits with status 1 on any mismatch.
+and the bf16/fp16 tensor-core and fp64 paths. ``--quick`` keeps one activation pair per path.
+Exits with status 1 on any mismatch.
 
-    compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/sanitize_cuda.py
+    compute-sanitizer --tool memcheck --kernel-name kns=global_relation --error-exitcode 1 \
+        python benchmarks/sanitize_cases.py
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import sys
 
@@ -40,7 +43,9 @@ def _reference(inputs, key_mask, grad, inner: str, outer: str, dtype: torch.dtyp
     return [out, *torch.autograd.grad(out, leaves, grad.to(dtype))]
 
 
-def check(shape, dtype, inner: str, outer: str, deterministic: bool, generator: torch.Generator) -> bool:
+def check(
+    backend: str, device: str, shape, dtype, inner: str, outer: str, deterministic: bool, generator: torch.Generator
+) -> bool:
     B, N, M, H, R = shape
     a = torch.randn(B, N, H, generator=generator, dtype=torch.float64)
     b = torch.randn(B, M, H, generator=generator, dtype=torch.float64)
@@ -51,17 +56,17 @@ def check(shape, dtype, inner: str, outer: str, deterministic: bool, generator: 
     grad = torch.randn(B, N, R, generator=generator, dtype=torch.float64)
     inputs = [t.to(dtype) for t in (a, b, weight, bias)]  # the reference sees the rounded values
 
-    leaves = [t.cuda().requires_grad_() for t in inputs]
+    leaves = [t.to(device).requires_grad_() for t in inputs]
     out = fastrel.global_relation(
         *leaves[:3],
         leaves[3],
         inner=inner,
         outer=outer,
-        key_mask=key_mask.cuda(),
-        backend="cuda",
+        key_mask=key_mask.to(device),
+        backend=backend,
         deterministic=deterministic,
     )
-    grads = torch.autograd.grad(out, leaves, grad.to(dtype).cuda())
+    grads = torch.autograd.grad(out, leaves, grad.to(dtype).to(device))
 
     ref = _reference(inputs, key_mask, grad.to(dtype), inner, outer, torch.float64)
     errors = [_relative_error(x, r) for x, r in zip((out, *grads), ref, strict=True)]
@@ -78,23 +83,31 @@ def check(shape, dtype, inner: str, outer: str, deterministic: bool, generator: 
     return ok
 
 
-def main() -> int:
-    reason = fastrel.backends.unavailable("cuda")
-    if reason is not None:
-        print(f"sanitize_cuda: backend 'cuda' is unavailable: {reason}")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default="cuda", help="the backend checked (default cuda)")
+    parser.add_argument("--quick", action="store_true", help="one activation pair per kernel path")
+    args = parser.parse_args(argv)
+    backend = fastrel.backends.get(args.backend)
+    if backend.unavailable is not None:
+        print(f"sanitize_cases: backend {args.backend!r} is unavailable: {backend.unavailable}")
         return 1
+    device = "cuda" if "cuda" in backend.devices and torch.cuda.is_available() else "cpu"
     generator = torch.Generator().manual_seed(0)
+    pairs = list(itertools.product(activations.INNER, activations.OUTER))
+    cases = [(torch.float32, inner, outer, True) for inner, outer in (pairs[:1] if args.quick else pairs)]
+    cases.append((torch.float32, "relu", "relu", False))
+    if not args.quick:
+        cases += [(torch.float64, "leaky_relu", "relu", True), (torch.float16, "abs", "leaky_relu", False)]
+    cases += [(torch.bfloat16, "relu", "relu", True), (torch.bfloat16, "relu", "identity", True)]
     ok = True
     for shape in SHAPES:
-        for inner, outer in itertools.product(activations.INNER, activations.OUTER):
-            ok &= check(shape, torch.float32, inner, outer, True, generator)
-        ok &= check(shape, torch.float32, "relu", "relu", False, generator)
-        ok &= check(shape, torch.float64, "leaky_relu", "relu", True, generator)
-        ok &= check(shape, torch.bfloat16, "relu", "relu", True, generator)
-        ok &= check(shape, torch.float16, "abs", "leaky_relu", False, generator)
-        ok &= check(shape, torch.bfloat16, "relu", "identity", True, generator)
-    torch.cuda.synchronize()
-    print("sanitize_cuda: all cases match the reference" if ok else "sanitize_cuda: MISMATCH")
+        for dtype, inner, outer, deterministic in cases:
+            if dtype in backend.dtypes:
+                ok &= check(args.backend, device, shape, dtype, inner, outer, deterministic, generator)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    print("sanitize_cases: all cases match the reference" if ok else "sanitize_cases: MISMATCH")
     return 0 if ok else 1
 
 
