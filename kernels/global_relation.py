@@ -49,6 +49,16 @@ def _load_rows(ptr, bat, rows, n_rows, cols, n_cols):
 
 
 @triton.jit
+def _store_rows(ptr, bat, rows, n_rows, cols, n_cols, x):
+    """x[bat, rows, cols] = x inside a contiguous (B, n_rows, n_cols) tensor."""
+    tl.store(
+        ptr + (bat * n_rows + rows[:, None]) * n_cols + cols[None, :],
+        x,
+        mask=(rows < n_rows)[:, None] & (cols < n_cols)[None, :],
+    )
+
+
+@triton.jit
 def _per_pair(x, BLOCK_J: tl.constexpr):
     """(BLOCK_I, X) per row → (BLOCK_I·BLOCK_J, X) per pair: each row repeated for every key."""
     rows: tl.constexpr = x.shape[0]
@@ -82,31 +92,52 @@ def _valid_keys(mask_ptr, bat, keys, M, HAS_MASK: tl.constexpr):
 
 @triton.jit
 def _relation_gradient(
-    p, w, bias, dg, valid,
-    OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-):  # fmt: skip
-    """dz = m σ'(z) G/n for a pair tile, with z = p W_rᵀ + β_r recomputed (dg already holds G/n)."""
-    z = tl.dot(p, tl.trans(w), input_precision=PRECISION, out_dtype=ACC)
-    if HAS_BIAS:
-        z += bias[None, :]
-    return tl.where(valid[:, None], derivative(z, OUTER) * dg, 0.0)
-
-
-@triton.jit
-def _pair_gradient(
-    a_tile, b_tile, w, bias, dg, valid,
+    a0, b0, a1, b1, w0, w1, bias, dg, valid,
     INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr,
     ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """(du, dz, dz and p as dot operands) of one pair tile: p = δ(d), dz, dp = dz W_r, du = δ'(d) ⊙ dp."""
-    io_dtype = w.dtype
-    d = _pair_difference(a_tile, b_tile)
-    p = activation(d, INNER).to(io_dtype).to(DOT)
-    dz = _relation_gradient(p, w.to(DOT), bias, dg, valid, OUTER, HAS_BIAS, ACC, PRECISION)
-    dz_op = dz.to(io_dtype).to(DOT)
-    dp = tl.dot(dz_op, w.to(DOT), input_precision=PRECISION, out_dtype=ACC)
-    du = derivative(d, INNER).to(ACC) * dp
-    return du, dz, dz_op, p
+    """dz = m σ'(z) G/n of a pair tile (dg holds G/n per pair), z = p W_rᵀ + β_r recomputed from
+    the two H halves, as fp32 and as a dot operand."""
+    io_dtype = w0.dtype
+    p0 = activation(_pair_difference(a0, b0), INNER).to(io_dtype).to(DOT)
+    p1 = activation(_pair_difference(a1, b1), INNER).to(io_dtype).to(DOT)
+    z = tl.dot(p0, tl.trans(w0.to(DOT)), input_precision=PRECISION, out_dtype=ACC)
+    z = tl.dot(p1, tl.trans(w1.to(DOT)), z, input_precision=PRECISION, out_dtype=ACC)
+    if HAS_BIAS:
+        z += bias[None, :]
+    dz = tl.where(valid[:, None], derivative(z, OUTER) * dg, 0.0)
+    return dz, dz.to(io_dtype).to(DOT)
+
+
+@triton.jit
+def _half_gradient(
+    a_half, b_half, w_half, dz_op,
+    INNER: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """(du, p) on one H half of a pair tile: dp = dz W_r, du = δ'(d) ⊙ dp, p = δ(d) as a dot operand."""
+    d = _pair_difference(a_half, b_half)
+    dp = tl.dot(dz_op, w_half.to(DOT), input_precision=PRECISION, out_dtype=ACC)
+    return derivative(d, INNER).to(ACC) * dp, activation(d, INNER).to(w_half.dtype).to(DOT)
+
+
+@triton.jit
+def _row_half_step(
+    du, p, dz_op, da_acc, dw_acc, db_ptr, bat, keys, M, h, H,
+    ATOMIC_DB: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
+):  # fmt: skip
+    """Row pass, one H half: da_i += Σ_j du, dW_r += dzᵀ p, and (fast mode) db_j −= Σ_i du."""
+    du = tl.reshape(du, (BLOCK_I, BLOCK_J, du.shape[1]))
+    da_acc += tl.sum(du, axis=1)
+    dw_acc = tl.dot(tl.trans(dz_op), p, dw_acc, input_precision=PRECISION, out_dtype=ACC)
+    if ATOMIC_DB:
+        tl.atomic_add(
+            db_ptr + (bat * M + keys[:, None]) * H + h[None, :],
+            -tl.sum(du, axis=0),
+            mask=(keys < M)[:, None] & (h < H)[None, :],
+            sem="relaxed",
+        )
+    return da_acc, dw_acc
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,45 +199,47 @@ def _backward_rows_kernel(
     slice's share of da (da_part, (R slices, B, N, H)); this program's dW_r and dβ_r partials
     (dw_part (programs, R, H), dbias_part (programs, R)); with ATOMIC_DB, −Σ_i du added into db."""
     program = tl.program_id(0)
-    h = tl.arange(0, BLOCK_H)
+    HALF: tl.constexpr = BLOCK_H // 2
+    h0 = tl.arange(0, HALF)
+    h1 = HALF + h0
     r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    w_mask = (r < R)[:, None] & (h < H)[None, :]
-    w = tl.load(w_ptr + r[:, None] * H + h[None, :], mask=w_mask, other=0.0)  # loaded once
+    # W_r slice, loaded once as two H halves (shared-memory dot operands for the whole walk).
+    w0 = _load_rows(w_ptr, 0, r, R, h0, H)
+    w1 = _load_rows(w_ptr, 0, r, R, h1, H)
     bias = tl.load(bias_ptr + r, mask=r < R, other=0.0).to(ACC) if HAS_BIAS else None
-    dw_acc = tl.zeros((BLOCK_R, BLOCK_H), dtype=ACC)
+    dw0 = tl.zeros((BLOCK_R, HALF), dtype=ACC)
+    dw1 = tl.zeros((BLOCK_R, HALF), dtype=ACC)
     dbias_acc = tl.zeros((BLOCK_R,), dtype=ACC)
 
     n_blocks = tl.cdiv(N, BLOCK_I)
     for item in range(program, B * n_blocks, tl.num_programs(0)):
         bat = (item // n_blocks).to(tl.int64)
         rows = (item % n_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
-        a_tile = _load_rows(a_ptr, bat, rows, N, h, H).to(DIFF)
         dg = _per_pair(_load_rows(grad_ptr, bat, rows, N, r, R).to(ACC) * tl.load(inv_count_ptr + bat), BLOCK_J)
-        da_acc = tl.zeros((BLOCK_I, BLOCK_H), dtype=ACC)
+        da0 = tl.zeros((BLOCK_I, HALF), dtype=ACC)
+        da1 = tl.zeros((BLOCK_I, HALF), dtype=ACC)
         for j0 in range(0, M, BLOCK_J):
             keys = j0 + tl.arange(0, BLOCK_J)
-            b_tile = _load_rows(b_ptr, bat, keys, M, h, H).to(DIFF)
+            # The a-tile is read inside the loop (an L1 hit): hoisted, its copies in the three
+            # register layouts of the pair tile would stay live across the loop.
+            a0 = _load_rows(a_ptr, bat, rows, N, h0, H).to(DIFF)
+            a1 = _load_rows(a_ptr, bat, rows, N, h1, H).to(DIFF)
+            b0 = _load_rows(b_ptr, bat, keys, M, h0, H).to(DIFF)
+            b1 = _load_rows(b_ptr, bat, keys, M, h1, H).to(DIFF)
             valid = _pair_valid(rows < N, _valid_keys(mask_ptr, bat, keys, M, HAS_MASK))
-            du, dz, dz_op, p = _pair_gradient(
-                a_tile, b_tile, w, bias, dg, valid, INNER, OUTER, HAS_BIAS, ACC, DOT, PRECISION
-            )
-            du = tl.reshape(du, (BLOCK_I, BLOCK_J, BLOCK_H))
-            da_acc += tl.sum(du, axis=1)
-            dw_acc = tl.dot(tl.trans(dz_op), p, dw_acc, input_precision=PRECISION, out_dtype=ACC)
+            dz, dz_op = _relation_gradient(a0, b0, a1, b1, w0, w1, bias, dg, valid, INNER, OUTER, HAS_BIAS, ACC, DOT,
+                                           PRECISION)  # fmt: skip
             dbias_acc += tl.sum(dz, axis=0)
-            if ATOMIC_DB:
-                tl.atomic_add(
-                    db_ptr + (bat * M + keys[:, None]) * H + h[None, :],
-                    -tl.sum(du, axis=0),
-                    mask=(keys < M)[:, None] & (h < H)[None, :],
-                    sem="relaxed",
-                )
-        tl.store(
-            da_part_ptr + ((tl.program_id(1) * B + bat) * N + rows[:, None]) * H + h[None, :],
-            da_acc,
-            mask=(rows < N)[:, None] & (h < H)[None, :],
-        )
-    tl.store(dw_part_ptr + (program * R + r[:, None]) * H + h[None, :], dw_acc, mask=w_mask)
+            du, p = _half_gradient(a0, b0, w0, dz_op, INNER, ACC, DOT, PRECISION)
+            da0, dw0 = _row_half_step(du, p, dz_op, da0, dw0, db_ptr, bat, keys, M, h0, H, ATOMIC_DB, ACC, PRECISION,
+                                      BLOCK_I, BLOCK_J)  # fmt: skip
+            du, p = _half_gradient(a1, b1, w1, dz_op, INNER, ACC, DOT, PRECISION)
+            da1, dw1 = _row_half_step(du, p, dz_op, da1, dw1, db_ptr, bat, keys, M, h1, H, ATOMIC_DB, ACC, PRECISION,
+                                      BLOCK_I, BLOCK_J)  # fmt: skip
+        _store_rows(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h0, H, da0)
+        _store_rows(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h1, H, da1)
+    _store_rows(dw_part_ptr, program, r, R, h0, H, dw0)
+    _store_rows(dw_part_ptr, program, r, R, h1, H, dw1)
     tl.store(dbias_part_ptr + program * R + r, dbias_acc, mask=r < R)
 
 
@@ -220,33 +253,38 @@ def _backward_keys_kernel(
 ):  # fmt: skip
     """Key pass of R slice ``program_id(1)`` (deterministic mode): for each work item (batch
     element, BLOCK_J keys), the slice's share of db = −Σ_i du (db_part, (R slices, B, M, H))."""
-    h = tl.arange(0, BLOCK_H)
+    HALF: tl.constexpr = BLOCK_H // 2
+    h0 = tl.arange(0, HALF)
+    h1 = HALF + h0
     r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    w = tl.load(w_ptr + r[:, None] * H + h[None, :], mask=(r < R)[:, None] & (h < H)[None, :], other=0.0)
+    w0 = _load_rows(w_ptr, 0, r, R, h0, H)
+    w1 = _load_rows(w_ptr, 0, r, R, h1, H)
     bias = tl.load(bias_ptr + r, mask=r < R, other=0.0).to(ACC) if HAS_BIAS else None
 
     n_blocks = tl.cdiv(M, BLOCK_J)
     for item in range(tl.program_id(0), B * n_blocks, tl.num_programs(0)):
         bat = (item // n_blocks).to(tl.int64)
         keys = (item % n_blocks) * BLOCK_J + tl.arange(0, BLOCK_J)
-        b_tile = _load_rows(b_ptr, bat, keys, M, h, H).to(DIFF)
         keys_ok = _valid_keys(mask_ptr, bat, keys, M, HAS_MASK)
         inv_count = tl.load(inv_count_ptr + bat)
-        db_acc = tl.zeros((BLOCK_J, BLOCK_H), dtype=ACC)
+        db0 = tl.zeros((BLOCK_J, HALF), dtype=ACC)
+        db1 = tl.zeros((BLOCK_J, HALF), dtype=ACC)
         for i0 in range(0, N, BLOCK_I):
             rows = i0 + tl.arange(0, BLOCK_I)
-            a_tile = _load_rows(a_ptr, bat, rows, N, h, H).to(DIFF)
+            a0 = _load_rows(a_ptr, bat, rows, N, h0, H).to(DIFF)
+            a1 = _load_rows(a_ptr, bat, rows, N, h1, H).to(DIFF)
+            b0 = _load_rows(b_ptr, bat, keys, M, h0, H).to(DIFF)  # read per step: see the row pass
+            b1 = _load_rows(b_ptr, bat, keys, M, h1, H).to(DIFF)
             dg = _per_pair(_load_rows(grad_ptr, bat, rows, N, r, R).to(ACC) * inv_count, BLOCK_J)
             valid = _pair_valid(rows < N, keys_ok)
-            du, _, _, _ = _pair_gradient(
-                a_tile, b_tile, w, bias, dg, valid, INNER, OUTER, HAS_BIAS, ACC, DOT, PRECISION
-            )
-            db_acc += tl.sum(tl.reshape(du, (BLOCK_I, BLOCK_J, BLOCK_H)), axis=0)
-        tl.store(
-            db_part_ptr + ((tl.program_id(1) * B + bat) * M + keys[:, None]) * H + h[None, :],
-            -db_acc,
-            mask=(keys < M)[:, None] & (h < H)[None, :],
-        )
+            _, dz_op = _relation_gradient(a0, b0, a1, b1, w0, w1, bias, dg, valid, INNER, OUTER, HAS_BIAS, ACC, DOT,
+                                          PRECISION)  # fmt: skip
+            du, _ = _half_gradient(a0, b0, w0, dz_op, INNER, ACC, DOT, PRECISION)
+            db0 += tl.sum(tl.reshape(du, (BLOCK_I, BLOCK_J, HALF)), axis=0)
+            du, _ = _half_gradient(a1, b1, w1, dz_op, INNER, ACC, DOT, PRECISION)
+            db1 += tl.sum(tl.reshape(du, (BLOCK_I, BLOCK_J, HALF)), axis=0)
+        _store_rows(db_part_ptr, tl.program_id(1) * B + bat, keys, M, h0, H, -db0)
+        _store_rows(db_part_ptr, tl.program_id(1) * B + bat, keys, M, h1, H, -db1)
 
 
 def _zero_atomic_db(nargs: dict) -> None:
@@ -353,7 +391,7 @@ def backward(
     dw_part = torch.empty(programs, R, H, dtype=acc, device=a.device)
     dbias_part = torch.empty(programs, R, dtype=acc, device=a.device)
     inputs = (a, b, weight, bias if bias is not None else weight, m if m is not None else inv_count, inv_count, grad)
-    meta = dict(_pair_meta(a, bias, m, inner, outer), BLOCK_H=launch.pow2(H), BLOCK_R=block_r)
+    meta = dict(_pair_meta(a, bias, m, inner, outer), BLOCK_H=launch.pow2(H, 2 * launch.MIN_DOT), BLOCK_R=block_r)
 
     with launch.on_device(a):
         tile, tune = _tile(N, M, launch.BACKWARD_FIXED, deterministic)

@@ -18,6 +18,8 @@ from fastrel.kernels import interpreting
 #: The pair tile (BLOCK_I × BLOCK_J pairs, the M dimension of every product) holds at least this
 #: many pairs: a Hopper warpgroup MMA (wgmma) is 64 rows tall.
 MIN_PAIRS = 64
+#: The smallest dimension tl.dot takes; the backward splits H into two halves of at least this.
+MIN_DOT = 16
 #: The backward splits R into slices of this size across programs (one dW_r slice per program
 #: stays in registers); the forward keeps all of R up to FORWARD_MAX_R per program.
 BACKWARD_R_SLICE = 64
