@@ -28,7 +28,8 @@ import triton.language as tl
 
 from fastrel import activations
 from fastrel.kernels import launch
-from fastrel.kernels.activation import activation, derivative
+from fastrel.kernels.activation import activation
+from fastrel.kernels.global_relation_backward import backward_keys_kernel, backward_rows_kernel, valid_keys
 from fastrel.kernels.pair_sum import has_keys, identity_backward, identity_forward
 
 Tensor = torch.Tensor
@@ -49,24 +50,6 @@ def _load_rows(ptr, bat, rows, n_rows, cols, n_cols):
 
 
 @triton.jit
-def _store_rows(ptr, bat, rows, n_rows, cols, n_cols, x):
-    """x[bat, rows, cols] = x inside a contiguous (B, n_rows, n_cols) tensor."""
-    tl.store(
-        ptr + (bat * n_rows + rows[:, None]) * n_cols + cols[None, :],
-        x,
-        mask=(rows < n_rows)[:, None] & (cols < n_cols)[None, :],
-    )
-
-
-@triton.jit
-def _per_pair(x, BLOCK_J: tl.constexpr):
-    """(BLOCK_I, X) per row → (BLOCK_I·BLOCK_J, X) per pair: each row repeated for every key."""
-    rows: tl.constexpr = x.shape[0]
-    cols: tl.constexpr = x.shape[1]
-    return tl.reshape(tl.broadcast_to(x[:, None, :], (rows, BLOCK_J, cols)), (rows * BLOCK_J, cols))
-
-
-@triton.jit
 def _pair_valid(rows_ok, keys_ok):
     """(BLOCK_P,) pairs whose row exists and whose key exists and is valid."""
     return tl.reshape(rows_ok[:, None] & keys_ok[None, :], (rows_ok.shape[0] * keys_ok.shape[0],))
@@ -79,65 +62,6 @@ def _pair_difference(a_tile, b_tile):
     keys: tl.constexpr = b_tile.shape[0]
     cols: tl.constexpr = a_tile.shape[1]
     return tl.reshape(a_tile[:, None, :] - b_tile[None, :, :], (rows * keys, cols))
-
-
-@triton.jit
-def _valid_keys(mask_ptr, bat, keys, M, HAS_MASK: tl.constexpr):
-    """Keys that exist and that the key mask keeps."""
-    ok = keys < M
-    if HAS_MASK:
-        ok &= tl.load(mask_ptr + bat * M + keys, mask=ok, other=0.0) > 0
-    return ok
-
-
-@triton.jit
-def _relation_gradient(
-    a0, b0, a1, b1, w0, w1, bias, dg, valid,
-    INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
-):  # fmt: skip
-    """dz = m σ'(z) G/n of a pair tile (dg holds G/n per pair), z = p W_rᵀ + β_r recomputed from
-    the two H halves, as fp32 and as a dot operand."""
-    io_dtype = w0.dtype
-    p0 = activation(_pair_difference(a0, b0), INNER).to(io_dtype).to(DOT)
-    p1 = activation(_pair_difference(a1, b1), INNER).to(io_dtype).to(DOT)
-    z = tl.dot(p0, tl.trans(w0.to(DOT)), input_precision=PRECISION, out_dtype=ACC)
-    z = tl.dot(p1, tl.trans(w1.to(DOT)), z, input_precision=PRECISION, out_dtype=ACC)
-    if HAS_BIAS:
-        z += bias[None, :]
-    dz = tl.where(valid[:, None], derivative(z, OUTER) * dg, 0.0)
-    return dz, dz.to(io_dtype).to(DOT)
-
-
-@triton.jit
-def _half_gradient(
-    a_half, b_half, w_half, dz_op,
-    INNER: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
-):  # fmt: skip
-    """(du, p) on one H half of a pair tile: dp = dz W_r, du = δ'(d) ⊙ dp, p = δ(d) as a dot operand."""
-    d = _pair_difference(a_half, b_half)
-    dp = tl.dot(dz_op, w_half.to(DOT), input_precision=PRECISION, out_dtype=ACC)
-    return derivative(d, INNER).to(ACC) * dp, activation(d, INNER).to(w_half.dtype).to(DOT)
-
-
-@triton.jit
-def _row_half_step(
-    du, p, dz_op, da_acc, dw_acc, db_ptr, bat, keys, M, h, H,
-    ATOMIC_DB: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
-):  # fmt: skip
-    """Row pass, one H half: da_i += Σ_j du, dW_r += dzᵀ p, and (fast mode) db_j −= Σ_i du."""
-    du = tl.reshape(du, (BLOCK_I, BLOCK_J, du.shape[1]))
-    da_acc += tl.sum(du, axis=1)
-    dw_acc = tl.dot(tl.trans(dz_op), p, dw_acc, input_precision=PRECISION, out_dtype=ACC)
-    if ATOMIC_DB:
-        tl.atomic_add(
-            db_ptr + (bat * M + keys[:, None]) * H + h[None, :],
-            -tl.sum(du, axis=0),
-            mask=(keys < M)[:, None] & (h < H)[None, :],
-            sem="relaxed",
-        )
-    return da_acc, dw_acc
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,7 +99,7 @@ def _forward_kernel(
             z = tl.dot(p, wt, input_precision=PRECISION, out_dtype=ACC)
             if HAS_BIAS:
                 z += bias[None, :]
-            valid = _pair_valid(rows < N, _valid_keys(mask_ptr, bat, keys, M, HAS_MASK))
+            valid = _pair_valid(rows < N, valid_keys(mask_ptr, bat, keys, M, HAS_MASK))
             acc += tl.where(valid[:, None], activation(z, OUTER), 0.0)
         g = tl.sum(tl.reshape(acc, (BLOCK_I, BLOCK_J, BLOCK_R)), axis=1) * tl.load(inv_count_ptr + bat)
         tl.store(
@@ -183,108 +107,6 @@ def _forward_kernel(
             g.to(g_ptr.dtype.element_ty),
             mask=(rows < N)[:, None] & (r < R)[None, :],
         )
-
-
-@triton.jit
-def _backward_rows_kernel(
-    a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, inv_count_ptr, grad_ptr,
-    da_part_ptr, dw_part_ptr, dbias_part_ptr, db_ptr,
-    B, N, M, H, R,
-    ATOMIC_DB: tl.constexpr,
-    INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    ACC: tl.constexpr, DIFF: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
-):  # fmt: skip
-    """Row pass of R slice ``program_id(1)``: for each work item (batch element, BLOCK_I rows), the
-    slice's share of da (da_part, (R slices, B, N, H)); this program's dW_r and dβ_r partials
-    (dw_part (programs, R, H), dbias_part (programs, R)); with ATOMIC_DB, −Σ_i du added into db."""
-    program = tl.program_id(0)
-    HALF: tl.constexpr = BLOCK_H // 2
-    h0 = tl.arange(0, HALF)
-    h1 = HALF + h0
-    r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    # W_r slice, loaded once as two H halves (shared-memory dot operands for the whole walk).
-    w0 = _load_rows(w_ptr, 0, r, R, h0, H)
-    w1 = _load_rows(w_ptr, 0, r, R, h1, H)
-    bias = tl.load(bias_ptr + r, mask=r < R, other=0.0).to(ACC) if HAS_BIAS else None
-    dw0 = tl.zeros((BLOCK_R, HALF), dtype=ACC)
-    dw1 = tl.zeros((BLOCK_R, HALF), dtype=ACC)
-    dbias_acc = tl.zeros((BLOCK_R,), dtype=ACC)
-
-    n_blocks = tl.cdiv(N, BLOCK_I)
-    for item in range(program, B * n_blocks, tl.num_programs(0)):
-        bat = (item // n_blocks).to(tl.int64)
-        rows = (item % n_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
-        dg = _per_pair(_load_rows(grad_ptr, bat, rows, N, r, R).to(ACC) * tl.load(inv_count_ptr + bat), BLOCK_J)
-        da0 = tl.zeros((BLOCK_I, HALF), dtype=ACC)
-        da1 = tl.zeros((BLOCK_I, HALF), dtype=ACC)
-        for j0 in range(0, M, BLOCK_J):
-            keys = j0 + tl.arange(0, BLOCK_J)
-            # The a-tile is read inside the loop (an L1 hit): hoisted, its copies in the three
-            # register layouts of the pair tile would stay live across the loop.
-            a0 = _load_rows(a_ptr, bat, rows, N, h0, H).to(DIFF)
-            a1 = _load_rows(a_ptr, bat, rows, N, h1, H).to(DIFF)
-            b0 = _load_rows(b_ptr, bat, keys, M, h0, H).to(DIFF)
-            b1 = _load_rows(b_ptr, bat, keys, M, h1, H).to(DIFF)
-            valid = _pair_valid(rows < N, _valid_keys(mask_ptr, bat, keys, M, HAS_MASK))
-            dz, dz_op = _relation_gradient(a0, b0, a1, b1, w0, w1, bias, dg, valid, INNER, OUTER, HAS_BIAS, ACC, DOT,
-                                           PRECISION)  # fmt: skip
-            dbias_acc += tl.sum(dz, axis=0)
-            du, p = _half_gradient(a0, b0, w0, dz_op, INNER, ACC, DOT, PRECISION)
-            da0, dw0 = _row_half_step(du, p, dz_op, da0, dw0, db_ptr, bat, keys, M, h0, H, ATOMIC_DB, ACC, PRECISION,
-                                      BLOCK_I, BLOCK_J)  # fmt: skip
-            du, p = _half_gradient(a1, b1, w1, dz_op, INNER, ACC, DOT, PRECISION)
-            da1, dw1 = _row_half_step(du, p, dz_op, da1, dw1, db_ptr, bat, keys, M, h1, H, ATOMIC_DB, ACC, PRECISION,
-                                      BLOCK_I, BLOCK_J)  # fmt: skip
-        _store_rows(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h0, H, da0)
-        _store_rows(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h1, H, da1)
-    _store_rows(dw_part_ptr, program, r, R, h0, H, dw0)
-    _store_rows(dw_part_ptr, program, r, R, h1, H, dw1)
-    tl.store(dbias_part_ptr + program * R + r, dbias_acc, mask=r < R)
-
-
-@triton.jit
-def _backward_keys_kernel(
-    a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, inv_count_ptr, grad_ptr, db_part_ptr,
-    B, N, M, H, R,
-    INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    ACC: tl.constexpr, DIFF: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
-):  # fmt: skip
-    """Key pass of R slice ``program_id(1)`` (deterministic mode): for each work item (batch
-    element, BLOCK_J keys), the slice's share of db = −Σ_i du (db_part, (R slices, B, M, H))."""
-    HALF: tl.constexpr = BLOCK_H // 2
-    h0 = tl.arange(0, HALF)
-    h1 = HALF + h0
-    r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    w0 = _load_rows(w_ptr, 0, r, R, h0, H)
-    w1 = _load_rows(w_ptr, 0, r, R, h1, H)
-    bias = tl.load(bias_ptr + r, mask=r < R, other=0.0).to(ACC) if HAS_BIAS else None
-
-    n_blocks = tl.cdiv(M, BLOCK_J)
-    for item in range(tl.program_id(0), B * n_blocks, tl.num_programs(0)):
-        bat = (item // n_blocks).to(tl.int64)
-        keys = (item % n_blocks) * BLOCK_J + tl.arange(0, BLOCK_J)
-        keys_ok = _valid_keys(mask_ptr, bat, keys, M, HAS_MASK)
-        inv_count = tl.load(inv_count_ptr + bat)
-        db0 = tl.zeros((BLOCK_J, HALF), dtype=ACC)
-        db1 = tl.zeros((BLOCK_J, HALF), dtype=ACC)
-        for i0 in range(0, N, BLOCK_I):
-            rows = i0 + tl.arange(0, BLOCK_I)
-            a0 = _load_rows(a_ptr, bat, rows, N, h0, H).to(DIFF)
-            a1 = _load_rows(a_ptr, bat, rows, N, h1, H).to(DIFF)
-            b0 = _load_rows(b_ptr, bat, keys, M, h0, H).to(DIFF)  # read per step: see the row pass
-            b1 = _load_rows(b_ptr, bat, keys, M, h1, H).to(DIFF)
-            dg = _per_pair(_load_rows(grad_ptr, bat, rows, N, r, R).to(ACC) * inv_count, BLOCK_J)
-            valid = _pair_valid(rows < N, keys_ok)
-            _, dz_op = _relation_gradient(a0, b0, a1, b1, w0, w1, bias, dg, valid, INNER, OUTER, HAS_BIAS, ACC, DOT,
-                                          PRECISION)  # fmt: skip
-            du, _ = _half_gradient(a0, b0, w0, dz_op, INNER, ACC, DOT, PRECISION)
-            db0 += tl.sum(tl.reshape(du, (BLOCK_I, BLOCK_J, HALF)), axis=0)
-            du, _ = _half_gradient(a1, b1, w1, dz_op, INNER, ACC, DOT, PRECISION)
-            db1 += tl.sum(tl.reshape(du, (BLOCK_I, BLOCK_J, HALF)), axis=0)
-        _store_rows(db_part_ptr, tl.program_id(1) * B + bat, keys, M, h0, H, -db0)
-        _store_rows(db_part_ptr, tl.program_id(1) * B + bat, keys, M, h1, H, -db1)
 
 
 def _zero_atomic_db(nargs: dict) -> None:
@@ -298,7 +120,7 @@ _forward_tuned = triton.autotune(configs=launch.configs(launch.FORWARD_TILES), k
 )
 _backward_rows_tuned = triton.autotune(
     configs=launch.configs(launch.BACKWARD_TILES, _zero_atomic_db), key=["N", "M", "H", "R", "ATOMIC_DB"]
-)(_backward_rows_kernel)
+)(backward_rows_kernel)
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,14 +219,14 @@ def backward(
         tile, tune = _tile(N, M, launch.BACKWARD_FIXED, deterministic)
         outputs = (da_part, dw_part, dbias_part, db_atomic if db_atomic is not None else da_part)
         launch.launch(
-            _backward_rows_kernel, _backward_rows_tuned, (programs, slices), tile, tune,
+            backward_rows_kernel, _backward_rows_tuned, (programs, slices), tile, tune,
             (*inputs, *outputs, B, N, M, H, R), dict(meta, ATOMIC_DB=not deterministic),
         )  # fmt: skip
         if deterministic:
             db_part = torch.empty(slices, B, M, H, dtype=acc, device=a.device)
             tile, _ = _tile(N, M, launch.BACKWARD_FIXED, deterministic)
             launch.launch(
-                _backward_keys_kernel, None, (launch.programs(a, B * M), slices), tile, False,
+                backward_keys_kernel, None, (launch.programs(a, B * M), slices), tile, False,
                 (*inputs, db_part, B, N, M, H, R), meta,
             )  # fmt: skip
             db = db_part.sum(dim=0)
