@@ -57,8 +57,9 @@ def _relation_gradient_t(
     INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr,
     ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """dzᵀ = m σ'(z) G/n of a pair tile, (BLOCK_R, BLOCK_P), with zᵀ = W_r pᵀ + β_r recomputed
-    from the two H halves; dg_rows = (G/n)ᵀ of the tile's rows, (BLOCK_R, BLOCK_I)."""
+    """dzᵀ = m σ'(z) G/n of a pair tile, (BLOCK_R, BLOCK_P), as a dot operand (rounded to the input
+    dtype, as the reference's dz is), with zᵀ = W_r pᵀ + β_r recomputed from the two H halves;
+    dg_rows = (G/n)ᵀ of the tile's rows, (BLOCK_R, BLOCK_I)."""
     io_dtype = w0.dtype
     BLOCK_R: tl.constexpr = dg_rows.shape[0]
     BLOCK_I: tl.constexpr = dg_rows.shape[1]
@@ -71,8 +72,7 @@ def _relation_gradient_t(
         z += bias[:, None]
     dg = tl.reshape(tl.broadcast_to(dg_rows[:, :, None], (BLOCK_R, BLOCK_I, BLOCK_J)), (BLOCK_R, BLOCK_I * BLOCK_J))
     valid = tl.reshape(rows_ok[:, None] & keys_ok[None, :], (BLOCK_I * BLOCK_J,))
-    dz = tl.where(valid[None, :], derivative(z, OUTER) * dg, 0.0)
-    return dz, dz.to(io_dtype).to(DOT)
+    return tl.where(valid[None, :], derivative(z, OUTER) * dg, 0.0).to(io_dtype).to(DOT)
 
 
 @triton.jit
@@ -147,10 +147,10 @@ def backward_rows_kernel(
             b0 = _load_t(b_ptr, bat, keys, M, h0, H).to(DIFF)
             b1 = _load_t(b_ptr, bat, keys, M, h1, H).to(DIFF)
             keys_ok = valid_keys(mask_ptr, bat, keys, M, HAS_MASK)
-            dz, dz_op = _relation_gradient_t(
+            dz_op = _relation_gradient_t(
                 a0, b0, a1, b1, w0, w1, bias, dg, rows < N, keys_ok, INNER, OUTER, HAS_BIAS, ACC, DOT, PRECISION
             )
-            dbias_acc += tl.sum(dz, axis=1)
+            dbias_acc += tl.sum(dz_op.to(ACC), axis=1)
             du, p = _half_gradient_t(a0, b0, w0, dz_op, INNER, ACC, DOT, PRECISION)
             da0, dw0 = _row_half_step(du, p, dz_op, da0, dw0, db_ptr, bat, keys, M, h0, H, ATOMIC_DB, ACC, PRECISION)
             du, p = _half_gradient_t(a1, b1, w1, dz_op, INNER, ACC, DOT, PRECISION)
@@ -195,7 +195,7 @@ def backward_keys_kernel(
             b0 = _load_t(b_ptr, bat, keys, M, h0, H).to(DIFF)  # read per step, as in the row pass
             b1 = _load_t(b_ptr, bat, keys, M, h1, H).to(DIFF)
             dg = _load_t(grad_ptr, bat, rows, N, r, R).to(ACC) * inv_count
-            _, dz_op = _relation_gradient_t(
+            dz_op = _relation_gradient_t(
                 a0, b0, a1, b1, w0, w1, bias, dg, rows < N, keys_ok, INNER, OUTER, HAS_BIAS, ACC, DOT, PRECISION
             )
             du, _ = _half_gradient_t(a0, b0, w0, dz_op, INNER, ACC, DOT, PRECISION)
