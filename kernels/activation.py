@@ -20,9 +20,10 @@ ABS: tl.constexpr = tl.constexpr(activations.CODES["abs"])
 
 @triton.jit
 def activation(x, CODE: tl.constexpr):
-    """δ(x) or σ(x). Written as "x unless x < 0" so that NaN (never < 0) passes through."""
+    """δ(x) or σ(x), NaN passing through: relu is a NaN-propagating max (one packed max.NaN per two
+    half-precision values), leaky_relu is "x unless x < 0" (NaN is never < 0)."""
     if CODE == RELU:
-        y = tl.where(x < 0, tl.zeros(x.shape, x.dtype), x)
+        y = tl.maximum(x, tl.zeros(x.shape, x.dtype), propagate_nan=tl.PropagateNan.ALL)
     elif CODE == LEAKY_RELU:
         y = tl.where(x < 0, x * tl.full(x.shape, LEAKY_SLOPE, x.dtype), x)
     elif CODE == ABS:

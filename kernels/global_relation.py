@@ -41,9 +41,10 @@ Tensor = torch.Tensor
 
 @triton.jit
 def _load_rows(ptr, bat, rows, n_rows, cols, n_cols):
-    """x[bat, rows, cols] of a contiguous (B, n_rows, n_cols) tensor, 0 outside it."""
+    """x[bat, rows, cols] of a contiguous (B, n_rows, n_cols) tensor, 0 outside it (int32 offsets within
+    one batch element: the per-step address arithmetic stays 32-bit)."""
     return tl.load(
-        ptr + (bat * n_rows + rows[:, None]) * n_cols + cols[None, :],
+        ptr + bat * n_rows * n_cols + (rows[:, None] * n_cols + cols[None, :]),
         mask=(rows < n_rows)[:, None] & (cols < n_cols)[None, :],
         other=0.0,
     )
