@@ -18,9 +18,10 @@ from fastrel.kernels.activation import activation, derivative
 
 @triton.jit
 def _load_t(ptr, bat, rows, n_rows, cols, n_cols):
-    """x[bat, rows, cols]ᵀ, (cols, rows), of a contiguous (B, n_rows, n_cols) tensor, 0 outside."""
+    """x[bat, rows, cols]ᵀ, (cols, rows), of a contiguous (B, n_rows, n_cols) tensor, 0 outside. (64-bit
+    offsets: with 32-bit ones ptxas schedules the backward into more spills.)"""
     return tl.load(
-        ptr + bat * n_rows * n_cols + (rows[None, :] * n_cols + cols[:, None]),
+        ptr + (bat * n_rows + rows[None, :]) * n_cols + cols[:, None],
         mask=(rows < n_rows)[None, :] & (cols < n_cols)[:, None],
         other=0.0,
     )
@@ -30,7 +31,7 @@ def _load_t(ptr, bat, rows, n_rows, cols, n_cols):
 def _store_t(ptr, bat, rows, n_rows, cols, n_cols, x_t):
     """x[bat, rows, cols] = x_tᵀ inside a contiguous (B, n_rows, n_cols) tensor."""
     tl.store(
-        ptr + bat * n_rows * n_cols + (rows[None, :] * n_cols + cols[:, None]),
+        ptr + (bat * n_rows + rows[None, :]) * n_cols + cols[:, None],
         x_t,
         mask=(rows < n_rows)[None, :] & (cols < n_cols)[:, None],
     )
