@@ -47,3 +47,18 @@ def derivative(x, CODE: tl.constexpr):
     else:
         y = one
     return y
+
+
+@triton.jit
+def backprop(x, grad, CODE: tl.constexpr):
+    """grad ⊙ f'(x) as PyTorch's autograd forms it: relu and leaky_relu select (a NaN or inf in grad
+    stays out of entries where f' = 0), abs multiplies by sign(x)."""
+    if CODE == RELU:
+        y = tl.where(x <= 0, tl.zeros(grad.shape, grad.dtype), grad)
+    elif CODE == LEAKY_RELU:
+        y = tl.where(x > 0, grad, grad * tl.full(grad.shape, LEAKY_SLOPE, grad.dtype))
+    elif CODE == ABS:
+        y = grad * derivative(x, CODE).to(grad.dtype)
+    else:
+        y = grad
+    return y

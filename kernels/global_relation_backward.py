@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from fastrel.kernels.activation import activation, derivative
+from fastrel.kernels.activation import activation, backprop
 
 
 @triton.jit
@@ -73,7 +73,7 @@ def _relation_gradient_t(
         z += bias[:, None]
     dg = tl.reshape(tl.broadcast_to(dg_rows[:, :, None], (BLOCK_R, BLOCK_I, BLOCK_J)), (BLOCK_R, BLOCK_I * BLOCK_J))
     valid = tl.reshape(rows_ok[:, None] & keys_ok[None, :], (BLOCK_I * BLOCK_J,))
-    return tl.where(valid[None, :], derivative(z, OUTER) * dg, 0.0).to(io_dtype).to(DOT)
+    return tl.where(valid[None, :], backprop(z, dg, OUTER), 0.0).to(io_dtype).to(DOT)
 
 
 @triton.jit
@@ -84,7 +84,7 @@ def _half_gradient_t(
     """(duᵀ as (H/2, BLOCK_I, BLOCK_J), pᵀ) on one H half: dpᵀ = W_rᵀ dzᵀ, du = δ'(d) ⊙ dp."""
     d = _pair_difference_t(a_half, b_half)
     dp = tl.dot(tl.trans(w_half.to(DOT)), dz_op, input_precision=PRECISION, out_dtype=ACC)
-    du = tl.reshape(derivative(d, INNER).to(ACC) * dp, (a_half.shape[0], a_half.shape[1], b_half.shape[1]))
+    du = tl.reshape(backprop(d, dp, INNER), (a_half.shape[0], a_half.shape[1], b_half.shape[1]))
     return du, activation(d, INNER).to(w_half.dtype).to(DOT)
 
 
