@@ -1,6 +1,7 @@
 """How the Triton kernels are launched: tiles, autotune configs, program counts, dtypes, device guard.
 
-Every launch number lives here, named once. docs/kernels.md gives the reasoning behind the tiles.
+The pair kernels' launch numbers live here, named once (the identity path's elementwise tile sits
+with its kernel in kernels/pair_sum.py). docs/kernels.md gives the reasoning behind the tiles.
 """
 
 from __future__ import annotations
