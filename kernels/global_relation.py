@@ -3,7 +3,7 @@
 Layout (docs/kernels.md). A pair tile is BLOCK_I query rows × BLOCK_J keys, flattened row-major
 into BLOCK_P = BLOCK_I·BLOCK_J ≥ 64 pairs (pair p = (p // BLOCK_J, p % BLOCK_J)): the tile
 δ(a_i − b_j) is a (BLOCK_P, H) matrix built in registers from one a-tile and one b-tile, and the
-products with W_r are tensor-core dots with BLOCK_P as their M dimension. Programs are persistent:
+products with W_r are tensor-core dots with BLOCK_P as one dimension. Programs are persistent:
 each loads its W_r (slice) once, before any loop, where it stays in shared memory as a dot
 operand, and then walks work items (a batch element and a block of rows or keys), so the batch
 never sits in a grid axis. No (i, j) tile reaches memory; the backward recomputes it.
@@ -36,7 +36,7 @@ Tensor = torch.Tensor
 
 
 # --------------------------------------------------------------------------------------------
-# Steps shared by the kernels
+# Steps of the forward
 
 
 @triton.jit
