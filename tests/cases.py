@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -10,8 +9,9 @@ import torch
 
 import fastrel
 from fastrel.backends import BACKENDS
+from fastrel.kernels import interpreting
 
-INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRETING = interpreting()
 
 
 def device_for(name: str) -> str:

@@ -7,13 +7,12 @@ without a GPU) and float64. Triton is imported only when the backend is probed o
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from fastrel.backends.base import Backend
+from fastrel.kernels import interpreting
 
-_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRETING = interpreting()
 
 
 def _probe() -> str | None:
@@ -42,7 +41,8 @@ def _backward(grad, a, b, weight, bias, key_mask, inner, outer, deterministic):
 
 BACKEND = Backend(
     name="triton",
-    summary="fused Triton kernels: pair tiles in registers, recomputed in backward, no atomics",
+    summary="fused Triton kernels: tensor-core pair tiles recomputed in the backward; db by relaxed atomics, "
+    "or a second pass without atomics in deterministic mode",
     devices=("cuda", "cpu") if _INTERPRETING else ("cuda",),
     dtypes=(torch.float32, torch.bfloat16, torch.float16) + ((torch.float64,) if _INTERPRETING else ()),
     forward=_forward,

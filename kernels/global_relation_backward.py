@@ -1,0 +1,207 @@
+"""Backward kernels of ``global_relation`` (docs/math.md, docs/kernels.md), FlashAttention-2 style.
+
+The backward works on transposed pair tiles: dᵀ is (H, BLOCK_P) with column p = (i, j),
+p = i·BLOCK_J + j. Every product then has W_r (or its transpose) as the shared-memory A operand
+and the pair tile as B: zᵀ = W_r pᵀ, dpᵀ = W_rᵀ dzᵀ, dW_r += dzᵀ p. The pair tile pᵀ is written
+to shared memory once and read by two products, and the pair reductions (da_i = Σ_j du,
+db_j = −Σ_i du) run along the accumulator rows, inside a thread and its quad. H is processed in
+two halves, so that one half's dpᵀ is live at a time.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from fastrel.kernels.activation import activation, backprop
+
+
+@triton.jit
+def _load_t(ptr, bat, rows, n_rows, cols, n_cols):
+    """x[bat, rows, cols]ᵀ, (cols, rows), of a contiguous (B, n_rows, n_cols) tensor, 0 outside. (64-bit
+    offsets: with 32-bit ones ptxas schedules the backward into more spills.)"""
+    return tl.load(
+        ptr + (bat * n_rows + rows[None, :]) * n_cols + cols[:, None],
+        mask=(rows < n_rows)[None, :] & (cols < n_cols)[:, None],
+        other=0.0,
+    )
+
+
+@triton.jit
+def _store_t(ptr, bat, rows, n_rows, cols, n_cols, x_t):
+    """x[bat, rows, cols] = x_tᵀ inside a contiguous (B, n_rows, n_cols) tensor."""
+    tl.store(
+        ptr + (bat * n_rows + rows[None, :]) * n_cols + cols[:, None],
+        x_t,
+        mask=(rows < n_rows)[None, :] & (cols < n_cols)[:, None],
+    )
+
+
+@triton.jit
+def valid_keys(mask_ptr, bat, keys, M, HAS_MASK: tl.constexpr):
+    """Keys that exist and that the key mask keeps."""
+    ok = keys < M
+    if HAS_MASK:
+        ok &= tl.load(mask_ptr + bat * M + keys, mask=ok, other=0.0) > 0
+    return ok
+
+
+@triton.jit
+def _pair_difference_t(a_t, b_t):
+    """dᵀ (H, BLOCK_P): column i·BLOCK_J + j holds a_i − b_j; a_t (H, BLOCK_I), b_t (H, BLOCK_J)."""
+    return tl.reshape(a_t[:, :, None] - b_t[:, None, :], (a_t.shape[0], a_t.shape[1] * b_t.shape[1]))
+
+
+@triton.jit
+def _relation_gradient_t(
+    a0, b0, a1, b1, w0, w1, bias, dg_rows, rows_ok, keys_ok,
+    INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr,
+    ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """dzᵀ = m σ'(z) G/n of a pair tile, (BLOCK_R, BLOCK_P), as a dot operand (rounded to the input
+    dtype, as the reference's dz is), with zᵀ = W_r pᵀ + β_r recomputed from the two H halves;
+    dg_rows = (G/n)ᵀ of the tile's rows, (BLOCK_R, BLOCK_I)."""
+    io_dtype = w0.dtype
+    BLOCK_R: tl.constexpr = dg_rows.shape[0]
+    BLOCK_I: tl.constexpr = dg_rows.shape[1]
+    BLOCK_J: tl.constexpr = keys_ok.shape[0]
+    p0 = activation(_pair_difference_t(a0, b0), INNER).to(io_dtype).to(DOT)
+    p1 = activation(_pair_difference_t(a1, b1), INNER).to(io_dtype).to(DOT)
+    z = tl.dot(w0.to(DOT), p0, input_precision=PRECISION, out_dtype=ACC)
+    z = tl.dot(w1.to(DOT), p1, z, input_precision=PRECISION, out_dtype=ACC)
+    if HAS_BIAS:
+        z += bias[:, None]
+    dg = tl.reshape(tl.broadcast_to(dg_rows[:, :, None], (BLOCK_R, BLOCK_I, BLOCK_J)), (BLOCK_R, BLOCK_I * BLOCK_J))
+    valid = tl.reshape(rows_ok[:, None] & keys_ok[None, :], (BLOCK_I * BLOCK_J,))
+    return tl.where(valid[None, :], backprop(z, dg, OUTER), 0.0).to(io_dtype).to(DOT)
+
+
+@triton.jit
+def _half_gradient_t(
+    a_half, b_half, w_half, dz_op,
+    INNER: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """(duᵀ as (H/2, BLOCK_I, BLOCK_J), pᵀ) on one H half: dpᵀ = W_rᵀ dzᵀ, du = δ'(d) ⊙ dp."""
+    d = _pair_difference_t(a_half, b_half)
+    dp = tl.dot(tl.trans(w_half.to(DOT)), dz_op, input_precision=PRECISION, out_dtype=ACC)
+    du = tl.reshape(backprop(d, dp, INNER), (a_half.shape[0], a_half.shape[1], b_half.shape[1]))
+    return du, activation(d, INNER).to(w_half.dtype).to(DOT)
+
+
+@triton.jit
+def _row_half_step(
+    du, p, dz_op, da_acc, dw_acc, db_ptr, bat, keys, M, h, H,
+    ATOMIC_DB: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Row pass, one H half: da_i += Σ_j du, dW_r += dzᵀ p, and (fast mode) db_j −= Σ_i du."""
+    da_acc += tl.sum(du, axis=2)
+    dw_acc = tl.dot(dz_op, tl.trans(p), dw_acc, input_precision=PRECISION, out_dtype=ACC)
+    if ATOMIC_DB:
+        tl.atomic_add(
+            db_ptr + (bat * M + keys[None, :]) * H + h[:, None],
+            -tl.sum(du, axis=1),
+            mask=(keys < M)[None, :] & (h < H)[:, None],
+            sem="relaxed",
+        )
+    return da_acc, dw_acc
+
+
+@triton.jit
+def backward_rows_kernel(
+    a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, inv_count_ptr, grad_ptr,
+    da_part_ptr, dw_part_ptr, dbias_part_ptr, db_ptr,
+    B, N, M, H, R,
+    ATOMIC_DB: tl.constexpr,
+    INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
+    ACC: tl.constexpr, DIFF: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """Row pass of R slice ``program_id(1)``: for each work item (batch element, BLOCK_I rows), the
+    slice's share of da (da_part, (R slices, B, N, H)); this program's dW_r and dβ_r partials
+    (dw_part (programs, R, H), dbias_part (programs, R)); with ATOMIC_DB, −Σ_i du added into db."""
+    program = tl.program_id(0)
+    HALF: tl.constexpr = BLOCK_H // 2
+    h0 = tl.arange(0, HALF)
+    h1 = HALF + h0
+    r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    # The W_r slice, loaded once as two H halves: shared-memory operands for the whole walk.
+    w0 = tl.load(w_ptr + r[:, None] * H + h0[None, :], mask=(r < R)[:, None] & (h0 < H)[None, :], other=0.0)
+    w1 = tl.load(w_ptr + r[:, None] * H + h1[None, :], mask=(r < R)[:, None] & (h1 < H)[None, :], other=0.0)
+    bias = tl.load(bias_ptr + r, mask=r < R, other=0.0).to(ACC) if HAS_BIAS else None
+    dw0 = tl.zeros((BLOCK_R, HALF), dtype=ACC)
+    dw1 = tl.zeros((BLOCK_R, HALF), dtype=ACC)
+    dbias_acc = tl.zeros((BLOCK_R,), dtype=ACC)
+
+    n_blocks = tl.cdiv(N, BLOCK_I)
+    for item in range(program, B * n_blocks, tl.num_programs(0)):
+        bat = (item // n_blocks).to(tl.int64)
+        rows = (item % n_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
+        dg = _load_t(grad_ptr, bat, rows, N, r, R).to(ACC) * tl.load(inv_count_ptr + bat)
+        da0 = tl.zeros((HALF, BLOCK_I), dtype=ACC)
+        da1 = tl.zeros((HALF, BLOCK_I), dtype=ACC)
+        for j0 in range(0, M, BLOCK_J):
+            keys = j0 + tl.arange(0, BLOCK_J)
+            # The a-tile is read per step (an L1 hit): hoisted, its copies in the register layouts
+            # of the pair tile would stay live across the loop.
+            a0 = _load_t(a_ptr, bat, rows, N, h0, H).to(DIFF)
+            a1 = _load_t(a_ptr, bat, rows, N, h1, H).to(DIFF)
+            b0 = _load_t(b_ptr, bat, keys, M, h0, H).to(DIFF)
+            b1 = _load_t(b_ptr, bat, keys, M, h1, H).to(DIFF)
+            keys_ok = valid_keys(mask_ptr, bat, keys, M, HAS_MASK)
+            dz_op = _relation_gradient_t(
+                a0, b0, a1, b1, w0, w1, bias, dg, rows < N, keys_ok, INNER, OUTER, HAS_BIAS, ACC, DOT, PRECISION
+            )
+            dbias_acc += tl.sum(dz_op.to(ACC), axis=1)
+            du, p = _half_gradient_t(a0, b0, w0, dz_op, INNER, ACC, DOT, PRECISION)
+            da0, dw0 = _row_half_step(du, p, dz_op, da0, dw0, db_ptr, bat, keys, M, h0, H, ATOMIC_DB, ACC, PRECISION)
+            du, p = _half_gradient_t(a1, b1, w1, dz_op, INNER, ACC, DOT, PRECISION)
+            da1, dw1 = _row_half_step(du, p, dz_op, da1, dw1, db_ptr, bat, keys, M, h1, H, ATOMIC_DB, ACC, PRECISION)
+        _store_t(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h0, H, da0)
+        _store_t(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h1, H, da1)
+    tl.store(dw_part_ptr + (program * R + r[:, None]) * H + h0[None, :], dw0, mask=(r < R)[:, None] & (h0 < H)[None, :])
+    tl.store(dw_part_ptr + (program * R + r[:, None]) * H + h1[None, :], dw1, mask=(r < R)[:, None] & (h1 < H)[None, :])
+    tl.store(dbias_part_ptr + program * R + r, dbias_acc, mask=r < R)
+
+
+@triton.jit
+def backward_keys_kernel(
+    a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, inv_count_ptr, grad_ptr, db_part_ptr,
+    B, N, M, H, R,
+    INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
+    ACC: tl.constexpr, DIFF: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """Key pass of R slice ``program_id(1)`` (deterministic mode): for each work item (batch
+    element, BLOCK_J keys), the slice's share of db = −Σ_i du (db_part, (R slices, B, M, H))."""
+    HALF: tl.constexpr = BLOCK_H // 2
+    h0 = tl.arange(0, HALF)
+    h1 = HALF + h0
+    r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    w0 = tl.load(w_ptr + r[:, None] * H + h0[None, :], mask=(r < R)[:, None] & (h0 < H)[None, :], other=0.0)
+    w1 = tl.load(w_ptr + r[:, None] * H + h1[None, :], mask=(r < R)[:, None] & (h1 < H)[None, :], other=0.0)
+    bias = tl.load(bias_ptr + r, mask=r < R, other=0.0).to(ACC) if HAS_BIAS else None
+
+    n_blocks = tl.cdiv(M, BLOCK_J)
+    for item in range(tl.program_id(0), B * n_blocks, tl.num_programs(0)):
+        bat = (item // n_blocks).to(tl.int64)
+        keys = (item % n_blocks) * BLOCK_J + tl.arange(0, BLOCK_J)
+        keys_ok = valid_keys(mask_ptr, bat, keys, M, HAS_MASK)
+        inv_count = tl.load(inv_count_ptr + bat)
+        db0 = tl.zeros((HALF, BLOCK_J), dtype=ACC)
+        db1 = tl.zeros((HALF, BLOCK_J), dtype=ACC)
+        for i0 in range(0, N, BLOCK_I):
+            rows = i0 + tl.arange(0, BLOCK_I)
+            a0 = _load_t(a_ptr, bat, rows, N, h0, H).to(DIFF)
+            a1 = _load_t(a_ptr, bat, rows, N, h1, H).to(DIFF)
+            b0 = _load_t(b_ptr, bat, keys, M, h0, H).to(DIFF)  # read per step, as in the row pass
+            b1 = _load_t(b_ptr, bat, keys, M, h1, H).to(DIFF)
+            dg = _load_t(grad_ptr, bat, rows, N, r, R).to(ACC) * inv_count
+            dz_op = _relation_gradient_t(
+                a0, b0, a1, b1, w0, w1, bias, dg, rows < N, keys_ok, INNER, OUTER, HAS_BIAS, ACC, DOT, PRECISION
+            )
+            du, _ = _half_gradient_t(a0, b0, w0, dz_op, INNER, ACC, DOT, PRECISION)
+            db0 += tl.sum(du, axis=1)
+            du, _ = _half_gradient_t(a1, b1, w1, dz_op, INNER, ACC, DOT, PRECISION)
+            db1 += tl.sum(du, axis=1)
+        _store_t(db_part_ptr, tl.program_id(1) * B + bat, keys, M, h0, H, -db0)
+        _store_t(db_part_ptr, tl.program_id(1) * B + bat, keys, M, h1, H, -db1)

@@ -1,0 +1,126 @@
+"""How the Triton kernels are launched: tiles, autotune configs, program counts, dtypes, device guard.
+
+The pair kernels' launch numbers live here, named once (the identity path's elementwise tile sits
+with its kernel in kernels/pair_sum.py). docs/kernels.md gives the reasoning behind the tiles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from fastrel.kernels import interpreting
+
+#: The pair tile (BLOCK_I × BLOCK_J pairs, the M dimension of every product) holds at least this
+#: many pairs: a Hopper warpgroup MMA (wgmma) is 64 rows tall.
+MIN_PAIRS = 64
+#: The smallest dimension tl.dot takes; the backward splits H into two halves of at least this.
+MIN_DOT = 16
+#: The backward splits R into slices of this size across programs (one dW_r slice per program
+#: stays in registers); the forward keeps all of R up to FORWARD_MAX_R per program.
+BACKWARD_R_SLICE = 64
+FORWARD_MAX_R = 256
+#: Persistent programs per multiprocessor; under the interpreter a few programs, so that each
+#: one still walks several work items.
+PROGRAMS_PER_SM = 2
+INTERPRETER_PROGRAMS = 3
+
+#: A launch configuration: (BLOCK_I rows, BLOCK_J keys, num_warps, num_stages). The lists hold the
+#: tiles that compile for sm_90 at H = 256, R = 128 without register spills, as the static check
+#: (benchmarks/static_check.py) binds the launches; 4×16 and 1×64 spill 36–72 B there
+#: (docs/kernels.md). Autotuning picks among them on GPUs.
+Tile = tuple[int, int, int, int]
+FORWARD_TILES: list[Tile] = [(2, 32, 8, 2)]
+BACKWARD_TILES: list[Tile] = [(2, 32, 8, 2)]
+#: The tile used without autotuning: under the interpreter, with FASTREL_TRITON_AUTOTUNE=0, and
+#: always in deterministic mode (the tile fixes the order of every sum).
+FORWARD_FIXED: Tile = FORWARD_TILES[0]
+BACKWARD_FIXED: Tile = BACKWARD_TILES[0]
+#: Warps of the elementwise identity-path kernel (kernels/pair_sum.py).
+PAIR_SUM_WARPS = 4
+
+
+def autotuning() -> bool:
+    """Autotune on GPUs unless FASTREL_TRITON_AUTOTUNE=0 (one fixed tile, fewer compilations)."""
+    return not interpreting() and os.environ.get("FASTREL_TRITON_AUTOTUNE", "1") != "0"
+
+
+def pow2(n: int, lo: int = 16) -> int:
+    """The power-of-two block covering n, at least lo (tl.dot needs dimensions of at least 16)."""
+    return max(lo, triton.next_power_of_2(max(int(n), 1)))
+
+
+def small_set_tile(n_own: int, n_loop: int) -> tuple[int, int] | None:
+    """(BLOCK_I, BLOCK_J) covering a small set in one step (an RGTR clip of T ≤ 8 frames: T × T ≤ 64
+    pairs), else None."""
+    own, loop = pow2(n_own, 1), pow2(n_loop, 1)
+    if own * loop > MIN_PAIRS:
+        return None
+    return own, max(loop, MIN_PAIRS // own)
+
+
+def configs(tiles: list[Tile], pre_hook=None) -> list[triton.Config]:
+    return [
+        triton.Config({"BLOCK_I": i, "BLOCK_J": j}, num_warps=w, num_stages=s, pre_hook=pre_hook)
+        for i, j, w, s in tiles
+    ]
+
+
+def launch(kernel, tuned, grid, tile: Tile, tune: bool, args, meta) -> None:
+    """Run the autotuned ``tuned`` when ``tune``, else ``kernel`` with the given tile."""
+    if tune and autotuning():
+        tuned[grid](*args, **meta)
+        return
+    i, j, warps, stages = tile
+    kernel[grid](*args, BLOCK_I=i, BLOCK_J=j, num_warps=warps, num_stages=stages, **meta)
+
+
+@functools.cache
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def programs(x: torch.Tensor, items: int) -> int:
+    """Persistent programs for ``items`` work items: each loads W_r once and walks many items."""
+    if x.device.type != "cuda":
+        return max(1, min(items, INTERPRETER_PROGRAMS))
+    return max(1, min(items, PROGRAMS_PER_SM * _multiprocessors(x.device.index)))
+
+
+def on_device(x: torch.Tensor):
+    """Launches go to x's GPU, whatever the current device is."""
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+
+
+def acc_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, tl.dtype]:
+    """The accumulation dtype (torch, Triton): fp64 for fp64 inputs, else fp32."""
+    return (torch.float64, tl.float64) if dtype == torch.float64 else (torch.float32, tl.float32)
+
+
+def dot_dtype(dtype: torch.dtype) -> tl.dtype:
+    """Operand dtype of tl.dot: the input dtype. The interpreter mishandles bf16 dots, so there the
+    operands are rounded to bf16 and multiplied in fp32, which gives the same products."""
+    if dtype == torch.bfloat16 and interpreting():
+        return tl.float32
+    return {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}.get(dtype, tl.float16)
+
+
+def diff_dtype(dtype: torch.dtype, inner: str) -> tl.dtype:
+    """Dtype of a_i − b_j in the forward: bf16/fp16 on GPUs (packed half arithmetic; the product
+    operand is rounded to half precision either way), else the accumulation dtype. leaky_relu keeps
+    fp32 so that its slope is not rounded to half precision."""
+    if dtype in (torch.bfloat16, torch.float16) and not interpreting() and inner != "leaky_relu":
+        return dot_dtype(dtype)
+    return acc_dtypes(dtype)[1]
+
+
+def precision(dtype: torch.dtype) -> str:
+    """Full fp32 unless the user allowed TF32 for matmuls; half types ignore the setting."""
+    if dtype == torch.float64 or (dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32):
+        return "ieee"
+    return "tf32"
