@@ -14,7 +14,7 @@ from types import ModuleType
 import torch
 
 from fastrel import activations
-from fastrel.backends.base import Backend
+from fastrel.backends.base import FLOAT_DTYPES, Backend, Preference
 
 Tensor = torch.Tensor
 
@@ -179,4 +179,11 @@ BACKEND = Backend(
     inner=("relu", "abs"),
     outer=("identity",),
     deterministic=True,
+    preferred=(
+        Preference(
+            "exact and O((N+M) log M·H) where the pairwise kernels are O(N·M·H·R)",
+            devices=("cpu", "cuda"),
+            dtypes=FLOAT_DTYPES,
+        ),
+    ),
 )
