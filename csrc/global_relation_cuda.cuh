@@ -14,6 +14,9 @@
 // Thread layout of every 64 x 64 tile: 256 threads, ty = tid / 16 selects the own item (or the
 // output row), tx = tid % 16 the output columns tx + 16 c, c < 4. Each thread thus holds all kOther
 // pairs of its own item, so reductions over the other side stay inside the thread.
+//
+// FASTREL_HOST_EMULATION: the file is compiled by a host compiler for the CPU, and the including
+// file provides what CUDA would (tests/emulation/cuda_emulation.h, used by tests/test_cuda_emulation.py).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -106,8 +109,7 @@ __device__ __forceinline__ T activation_grad(int code, T x) {
 }
 
 #ifndef FASTREL_HOST_EMULATION
-// The block's dynamic shared memory (its size is set at launch). A host build that runs these
-// kernels outside CUDA defines FASTREL_HOST_EMULATION and provides its own.
+// The block's dynamic shared memory (its size is set at launch); the host emulation provides its own.
 __device__ __forceinline__ unsigned char* dynamic_shared_memory() {
   extern __shared__ __align__(128) unsigned char dynamic_smem[];
   return dynamic_smem;
@@ -126,10 +128,10 @@ __device__ __forceinline__ bool any_key(const bool* mask, int j0, int M) {
   return any;
 }
 
-// Block coordinates in a 1-D grid over (batch, row tile, column tile), the column tile fastest. The
-// whole grid sits in axis x (up to 2^31 - 1 blocks): axes y and z stop at 65535, too few for a batch.
 __host__ __device__ constexpr int ceil_div(int64_t x, int64_t y) { return static_cast<int>((x + y - 1) / y); }
 
+// Block coordinates in a 1-D grid over (batch, row tile, column tile), the column tile fastest. The
+// whole grid sits in axis x (up to 2^31 - 1 blocks): axes y and z stop at 65535, too few for a batch.
 struct GridTile {
   int batch, row, col;
 };

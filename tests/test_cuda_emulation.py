@@ -141,11 +141,14 @@ def test_deterministic_backward_uses_no_atomics_and_repeats_bitwise(emulated):
 
 @pytest.mark.parametrize("problem", [LARGE[0], _clip_problems()[0]], ids=["large", "clip"])
 def test_dz_tile_in_device_memory_and_one_block_per_device_give_the_same_gradients(emulated, problem):
+    dz_bytes = 64 * (64 + 1) * 8  # kPairs x dz_stride(R <= 64) in fp64
     expected = emulate(emulated, problem, torch.float64)
+    assert emulated.most_dynamic_shared() >= dz_bytes
     # Shared memory for the clip sums (32 KiB in fp64) but not for the dz tile: dz goes to device
     # memory; one multiprocessor: one block strides over every tile and writes one slab.
     emulated.configure(multiprocessors=1, shared_optin=48 * 1024 + 32 * 1024)
     got = emulate(emulated, problem, torch.float64)
+    assert emulated.most_dynamic_shared() < dz_bytes
     for label, x, y in zip(NAMES, [got[0], *got[1]], [expected[0], *expected[1]]):
         assert rel_error(x, y) <= 1e-12, label
 

@@ -16,6 +16,7 @@
 #include <c10/util/Half.h>
 #include <ucontext.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -60,6 +61,7 @@ struct Device {
   int static_shared = 48 * 1024;  // static shared memory reported for every kernel (an upper bound)
   unsigned max_grid_yz = 65535;   // grid axes y and z
   int64_t atomics = 0;            // atomic operations, since the test last reset it
+  size_t most_dynamic_shared = 0;  // largest dynamic shared memory of a launch, since then
   int guards = 0;                 // live device guards
   std::unordered_map<const void*, int> dynamic_limit;  // cudaFuncAttributeMaxDynamicSharedMemorySize
 };
@@ -164,6 +166,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 threads, size_t shared_by
   if (static_cast<int64_t>(shared_bytes) > allowed)
     fail(std::to_string(shared_bytes) + " bytes of dynamic shared memory, the kernel allows " +
          std::to_string(allowed));
+  device.most_dynamic_shared = std::max(device.most_dynamic_shared, shared_bytes);
   gridDim = grid;
   blockDim = threads;
   const std::function<void()> body = [&] { kernel(args...); };

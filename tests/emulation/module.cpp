@@ -16,6 +16,7 @@ void configure(int multiprocessors, int shared_optin, int64_t max_grid_yz) {
   if (shared_optin >= 0) d.shared_optin = shared_optin;
   if (max_grid_yz >= 0) d.max_grid_yz = static_cast<unsigned>(max_grid_yz);
   d.atomics = 0;
+  d.most_dynamic_shared = 0;
   d.dynamic_limit.clear();
 }
 
@@ -32,6 +33,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("configure", &configure, pybind11::arg("multiprocessors") = -1, pybind11::arg("shared_optin") = -1,
         pybind11::arg("max_grid_yz") = -1);
   m.def("atomics", [] { return emulation::device.atomics; }, "atomic operations since configure()");
+  m.def("most_dynamic_shared", [] { return emulation::device.most_dynamic_shared; },
+        "largest dynamic shared memory of a launch since configure(), bytes");
   m.def("relu_propagates_nan", &relu_propagates_nan, "relation_math.h's relu(NaN) is NaN");
   m.attr("max_clip_items") = fastrel::cuda_kernels::kMaxClipItems;
 }
