@@ -1,8 +1,8 @@
 """The ``cuda`` backend: the CUDA C++ kernels of ``csrc/global_relation_cuda.cu`` through ``fastrel._C``.
 
 WMMA tensor cores for bfloat16/float16 (fp32 accumulation), plain fp32 and fp64 FMA otherwise; the
-outer = identity case takes the exact fast path. Sets of at most 64 items (clips) are handled one
-block per clip: the backward forms da, db and [dW | dβ] in one launch, in a fixed order, without
+outer = identity case takes the exact fast path. For sets of at most 64 items (clips) the backward
+runs one block per clip, which forms da, db and [dW | dβ] in one launch, in a fixed order, without
 atomics. Larger sets: deterministic without atomics when asked (a row pass for da and [dW | dβ],
 a column pass for db), else one pass with atomics.
 
@@ -35,9 +35,9 @@ forward, backward = native.kernels("cuda")
 
 PREFERRED = (
     Preference(
-        "small sets (RGTR clips): one block per clip forms g, da, db and [dW | dβ] in one launch each, "
-        "fixed-order sums with no column pass and no atomics; Triton's tiles of >= 64 pairs would be "
-        "mostly padding (static estimate, not yet measured on a GPU)",
+        "small sets (RGTR clips): the backward runs one block per clip, forming da, db and [dW | dβ] in "
+        "one launch with fixed-order sums, no column pass and no atomics; Triton's tiles of >= 64 pairs "
+        "would be mostly padding (static estimate, not yet measured on a GPU)",
         devices=("cuda",),
         dtypes=FLOAT_DTYPES,
         max_items=SMALL_SET_ITEMS,

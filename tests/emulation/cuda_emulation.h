@@ -7,8 +7,9 @@
 // waits while others ended, is a divergent barrier and fails the launch. `__shared__` variables
 // are function statics (blocks never overlap); dynamic shared memory is a per-block buffer filled
 // with NaN bytes. A WMMA operation is collective: lane 0 of each warp performs it for the warp on
-// whole 16x16 tiles, in fp32 (the operands have to be the same for every lane, as on the device). Atomics are plain updates (one OS thread), counted.
-// Device limits are those of an H100 unless a test sets them.
+// whole 16x16 tiles, in fp32 (the operands are the same for every lane, as the device requires).
+// Atomics are plain updates (one OS thread), counted. The device limits are an H100's unless a
+// test sets them.
 #pragma once
 
 #include <c10/core/Device.h>
@@ -20,7 +21,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <memory>
 #include <stdexcept>
