@@ -18,8 +18,6 @@ from fastrel import activations
 
 Tensor = torch.Tensor
 
-FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
-
 #: The largest N and M of a small set (an RGTR clip): the shape class where ``auto`` prefers the
 #: ``cuda`` backend's one-block-per-clip kernels to Triton's large tiles.
 SMALL_SET_ITEMS = 32
@@ -47,18 +45,19 @@ class Shape:
 class Preference:
     """A class of calls for which ``backend="auto"`` puts a backend first on a device, and why.
 
-    A call belongs to the class when its device and dtype are listed and its sets fit the bounds
-    (N and M at most ``max_items``, at least ``min_items``); a bound needs the call's shape.
+    A call belongs to the class when its device is listed, its dtype too (``dtypes=None``: any
+    the backend accepts) and its larger set, max(N, M), lies within [``min_items``, ``max_items``];
+    a bound needs the call's shape.
     """
 
     reason: str
     devices: tuple[str, ...]
-    dtypes: tuple[torch.dtype, ...]
+    dtypes: Optional[tuple[torch.dtype, ...]] = None
     max_items: Optional[int] = None
     min_items: Optional[int] = None
 
     def matches(self, device: str, dtype: torch.dtype, shape: Optional[Shape]) -> bool:
-        if device not in self.devices or dtype not in self.dtypes:
+        if device not in self.devices or (self.dtypes is not None and dtype not in self.dtypes):
             return False
         if self.max_items is None and self.min_items is None:
             return True
@@ -71,12 +70,12 @@ class Preference:
 
     def describe(self) -> str:
         """One line: the class, then why."""
-        dtypes = ",".join(str(d).removeprefix("torch.") for d in self.dtypes)
+        dtypes = "any dtype" if self.dtypes is None else ",".join(str(d).removeprefix("torch.") for d in self.dtypes)
         bounds = []
         if self.min_items is not None:
             bounds.append(f"max(N, M) ≥ {self.min_items}")
         if self.max_items is not None:
-            bounds.append(f"N, M ≤ {self.max_items}")
+            bounds.append(f"max(N, M) ≤ {self.max_items}")
         sizes = f", {' and '.join(bounds)}" if bounds else ""
         return f"{','.join(self.devices)} {dtypes}{sizes}: {self.reason}"
 

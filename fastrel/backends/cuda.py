@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from fastrel.backends import native
-from fastrel.backends.base import FLOAT_DTYPES, SMALL_SET_ITEMS, Backend, Preference
+from fastrel.backends.base import SMALL_SET_ITEMS, Backend, Preference
 
 
 def probe() -> str | None:
@@ -39,7 +39,6 @@ PREFERRED = (
         "one launch with fixed-order sums, no column pass and no atomics; Triton's tiles of >= 64 pairs "
         "would be mostly padding (static estimate, not yet measured on a GPU)",
         devices=("cuda",),
-        dtypes=FLOAT_DTYPES,
         max_items=SMALL_SET_ITEMS,
     ),
     Preference(
@@ -51,9 +50,9 @@ PREFERRED = (
 
 BACKEND = Backend(
     name="cuda",
-    summary="CUDA C++ kernels: WMMA for bf16/fp16, FMA for fp32/fp64, one block per clip, deterministic backward",
+    summary="CUDA C++ kernels: WMMA for bf16/fp16, FMA for fp32/fp64, one-block-per-clip deterministic backward",
     devices=("cuda",),
-    dtypes=FLOAT_DTYPES,
+    dtypes=(torch.float64, torch.float32, torch.bfloat16, torch.float16),
     forward=forward,
     backward=backward,
     probe=probe,

@@ -14,7 +14,7 @@ from types import ModuleType
 import torch
 
 from fastrel import activations
-from fastrel.backends.base import FLOAT_DTYPES, Backend, Preference
+from fastrel.backends.base import Backend, Preference
 
 Tensor = torch.Tensor
 
@@ -183,7 +183,6 @@ BACKEND = Backend(
         Preference(
             "exact and O((N+M) log M·H) where the pairwise kernels are O(N·M·H·R)",
             devices=("cpu", "cuda"),
-            dtypes=FLOAT_DTYPES,
         ),
     ),
 )
