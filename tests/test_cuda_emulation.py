@@ -86,9 +86,10 @@ def _clip_problems() -> list[Problem]:
     problems = []
     for k, (inner, outer) in enumerate(PAIRS):
         sizes = [rng.randint(1, 40) for _ in range(4)]
-        problems.append(Problem(rng.randint(1, 3), *sizes, inner=inner, outer=outer,
-                                mask=("ragged", "empty_row", "none")[k % 3], bias=k % 4 != 3, ties=k % 5 == 0,
-                                seed=k))
+        mask = ("ragged", "empty_row", "none")[k % 3]
+        batch = max(rng.randint(1, 3), 2 if mask == "empty_row" else 1)  # an all-false row and a live one
+        problems.append(Problem(batch, *sizes, inner=inner, outer=outer, mask=mask, bias=k % 4 != 3,
+                                ties=k % 5 == 0, seed=k))
     return problems
 
 
@@ -100,7 +101,7 @@ def test_emulated_kernels_match_reference_on_small_sets_for_every_activation_pai
 
 LARGE = [
     Problem(2, 70, 67, 19, 9, inner="relu", outer="relu", mask="ragged", seed=1),  # rows, keys past a clip
-    Problem(1, 21, 75, 70, 66, inner="leaky_relu", outer="leaky_relu", mask="empty_row", seed=2),  # H, R tails
+    Problem(2, 21, 75, 70, 66, inner="leaky_relu", outer="leaky_relu", mask="empty_row", seed=2),  # H, R tails
     Problem(2, 66, 13, 5, 130, inner="abs", outer="identity", mask="ragged", seed=3),  # identity fast path
 ]
 
