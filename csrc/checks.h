@@ -13,8 +13,6 @@
 
 namespace fastrel {
 
-constexpr int64_t ceil_div(int64_t x, int64_t y) { return (x + y - 1) / y; }
-
 // The dtype sums and GEMM results are kept in: float64 for float64, float32 otherwise
 // (fastrel/dtypes.py `accumulation`).
 inline at::ScalarType accumulation_type(at::ScalarType dtype) {

@@ -1,9 +1,15 @@
 // Host side of the CUDA global_relation: argument checks, launch plans and the fast paths that
 // combine the kernels of global_relation_cuda.cuh with ATen operations.
+//
+// With FASTREL_HOST_EMULATION defined, the including file provides the CUDA runtime instead
+// (tests/emulation/cuda_emulation.h) and this code runs on CPU tensors: everything below the
+// argument checks is what the emulation test exercises.
 #include <ATen/ATen.h>
+#ifndef FASTREL_HOST_EMULATION
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#endif
 
 #include <algorithm>
 
@@ -19,6 +25,21 @@ using namespace cuda_kernels;
 template <typename T>
 const T* optional_ptr(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<T>() : nullptr;
+}
+
+// Partials of [dW | dβ] (one (R, H + 1) slab per block) stay under this many bytes.
+constexpr int64_t kSlabBudgetBytes = int64_t{256} << 20;
+
+// Runs kernel over a 1-D grid of `blocks` on the current stream and checks the launch.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), int64_t blocks, int threads, size_t shared_bytes, Args... args) {
+  TORCH_CHECK(blocks <= INT32_MAX, "global_relation (cuda): ", blocks, " blocks exceed the grid limit");
+#ifdef FASTREL_HOST_EMULATION
+  emulation::launch(kernel, dim3(blocks), dim3(threads), shared_bytes, args...);
+#else
+  kernel<<<static_cast<unsigned>(blocks), threads, shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
 }
 
 void check_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
@@ -53,14 +74,13 @@ at::Tensor row_sum(const at::Tensor& a, const at::Tensor& b, const std::optional
   const auto B = a.size(0), N = a.size(1), M = b.size(1), H = a.size(2);
   auto out = at::empty({B, N, H}, a.options().dtype(accumulate_type(a)));
   if (out.numel() == 0) return out;
-  const dim3 block(32, 8), blocks(ceil_div(H, 32), ceil_div(N, 8), B);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t blocks = B * ceil_div(N, kSumRows) * ceil_div(H, kSumChannels);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "global_relation_row_sum", [&] {
     using acc_t = typename Acc<scalar_t>::type;
-    global_relation_row_sum_kernel<scalar_t><<<blocks, block, 0, stream>>>(
-        a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), optional_ptr<bool>(key_mask),
-        scale.has_value() ? scale->data_ptr<acc_t>() : nullptr, out.data_ptr<acc_t>(), N, M, H, inner, grad);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch(global_relation_row_sum_kernel<scalar_t>, blocks, kSumThreads, 0, a.data_ptr<scalar_t>(),
+           b.data_ptr<scalar_t>(), optional_ptr<bool>(key_mask), scale.has_value() ? scale->data_ptr<acc_t>() : nullptr,
+           out.data_ptr<acc_t>(), static_cast<int>(N), static_cast<int>(M), static_cast<int>(H),
+           static_cast<int>(inner), grad);
   });
   return out;
 }
@@ -90,14 +110,12 @@ std::vector<at::Tensor> backward_identity_outer(const at::Tensor& grad, const at
   const auto da = e * row_sum(a, b, key_mask, std::nullopt, inner, true);
   auto db = at::empty({B, M, H}, a.options().dtype(acc));
   if (db.numel() > 0) {
-    const dim3 block(32, 8), blocks(ceil_div(H, 32), ceil_div(M, 8), B);
-    const auto stream = c10::cuda::getCurrentCUDAStream();
+    const int64_t blocks = B * ceil_div(M, kSumRows) * ceil_div(H, kSumChannels);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "global_relation_column_sum", [&] {
       using acc_t = typename Acc<scalar_t>::type;
-      global_relation_column_sum_kernel<scalar_t><<<blocks, block, 0, stream>>>(
-          e.data_ptr<acc_t>(), a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), optional_ptr<bool>(key_mask),
-          db.data_ptr<acc_t>(), N, M, H, inner);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch(global_relation_column_sum_kernel<scalar_t>, blocks, kSumThreads, 0, e.data_ptr<acc_t>(),
+             a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), optional_ptr<bool>(key_mask), db.data_ptr<acc_t>(),
+             static_cast<int>(N), static_cast<int>(M), static_cast<int>(H), static_cast<int>(inner));
     });
   }
   const auto dtype = a.scalar_type();
@@ -139,8 +157,8 @@ BackwardLaunch plan_backward(int tiles, int ldz, bool clip, int B, int64_t slab_
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, plan.shared_bytes));
   int64_t blocks = static_cast<int64_t>(std::max(per_sm, 1)) * multiprocessors;
   if (slab_bytes > 0) {
-    // Partials stay under about 256 MiB, with at least one block per multiprocessor.
-    const int64_t budget = (int64_t{256} << 20) / slab_bytes;
+    // Partials stay under the slab budget, with at least one block per multiprocessor.
+    const int64_t budget = kSlabBudgetBytes / slab_bytes;
     blocks = std::min(blocks, std::max<int64_t>(budget, multiprocessors));
   }
   plan.blocks = static_cast<int>(std::min<int64_t>(blocks, tiles));
@@ -148,15 +166,14 @@ BackwardLaunch plan_backward(int tiles, int ldz, bool clip, int B, int64_t slab_
 }
 
 template <bool kRows, typename scalar_t>
-void launch_backward(BackwardArgs<scalar_t> args, const BackwardLaunch& plan, at::Tensor& dz_scratch) {
+void launch_backward(BackwardArgs<scalar_t> args, const BackwardLaunch& plan, const at::Tensor& like,
+                     at::Tensor& dz_scratch) {
   if (!plan.dz_in_shared) {
     const int64_t bytes = static_cast<int64_t>(sizeof(DzType<scalar_t>)) * plan.blocks * kPairs * args.ldz;
-    dz_scratch = at::empty({bytes}, at::TensorOptions().device(at::kCUDA).dtype(at::kByte));
+    dz_scratch = at::empty({bytes}, like.options().dtype(at::kByte));
     args.dz_scratch = dz_scratch.data_ptr();
   }
-  global_relation_backward_kernel<kRows, scalar_t>
-      <<<plan.blocks, kThreads, plan.shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(args);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch(global_relation_backward_kernel<kRows, scalar_t>, plan.blocks, kThreads, plan.shared_bytes, args);
 }
 
 template <typename scalar_t>
@@ -170,7 +187,7 @@ std::vector<at::Tensor> backward_general(const at::Tensor& grad, const at::Tenso
   const int ldz = dz_stride<scalar_t>(R);
   const int64_t slab_bytes = static_cast<int64_t>(sizeof(acc_t)) * R * (H + 1);
   const int row_tiles = B * ceil_div(N, kOwn), column_tiles = B * ceil_div(M, kOwn);
-  const bool clip = N <= kMaxClipItems && M <= kMaxClipItems && B * slab_bytes <= (int64_t{256} << 20);
+  const bool clip = N <= kMaxClipItems && M <= kMaxClipItems && B * slab_bytes <= kSlabBudgetBytes;
 
   at::Tensor da = at::zeros({B, N, H}, options);
   at::Tensor db = at::zeros({B, M, H}, options);
@@ -201,7 +218,7 @@ std::vector<at::Tensor> backward_general(const at::Tensor& grad, const at::Tenso
   at::Tensor slabs = at::zeros({rows.blocks, R, H + 1}, options);
   args.slabs = slabs.data_ptr<acc_t>();
   at::Tensor dz_rows, dz_columns;
-  launch_backward<true, scalar_t>(args, rows, dz_rows);
+  launch_backward<true, scalar_t>(args, rows, a, dz_rows);
 
   if (deterministic && !clip) {
     const auto columns = plan_backward<false, scalar_t>(column_tiles, ldz, false, B, 0);
@@ -210,17 +227,55 @@ std::vector<at::Tensor> backward_general(const at::Tensor& grad, const at::Tenso
     column_args.other_grad = nullptr;
     column_args.slabs = nullptr;
     column_args.dz_scratch = nullptr;
-    launch_backward<false, scalar_t>(column_args, columns, dz_columns);
+    launch_backward<false, scalar_t>(column_args, columns, a, dz_columns);
   }
 
   auto dweight = at::empty_like(weight);
   auto dbias = at::empty({R}, weight.options());
   const int64_t size = static_cast<int64_t>(R) * (H + 1);
-  global_relation_reduce_slabs_kernel<scalar_t>
-      <<<ceil_div(size, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          slabs.data_ptr<acc_t>(), rows.blocks, R, H, dweight.data_ptr<scalar_t>(), dbias.data_ptr<scalar_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch(global_relation_reduce_slabs_kernel<scalar_t>, ceil_div(size, kThreads), kThreads, 0,
+         slabs.data_ptr<acc_t>(), rows.blocks, R, H, dweight.data_ptr<scalar_t>(), dbias.data_ptr<scalar_t>());
   return {da.to(a.scalar_type()), db.to(a.scalar_type()), dweight, dbias};
+}
+
+// g (B, N, R) for checked inputs, on a's device.
+at::Tensor forward(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
+                   const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& key_mask, int64_t inner,
+                   int64_t outer) {
+  const c10::cuda::CUDAGuard guard(a.device());
+  const int B = a.size(0), N = a.size(1), M = b.size(1), H = a.size(2), R = weight.size(0);
+  if (static_cast<int64_t>(B) * N * R == 0) return at::zeros({B, N, R}, a.options());
+  if (outer == kIdentity) return forward_identity_outer(a, b, weight, bias, key_mask, inner);
+  auto g = at::empty({B, N, R}, a.options());
+  const auto inv = inverse_counts(a, b, key_mask);
+  const int64_t blocks = int64_t{B} * ceil_div(N, kOwn) * ceil_div(R, kCols);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "global_relation_forward_cuda", [&] {
+    using acc_t = typename Acc<scalar_t>::type;
+    launch(global_relation_forward_kernel<scalar_t>, blocks, kThreads, 0, a.data_ptr<scalar_t>(),
+           b.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), optional_ptr<scalar_t>(bias),
+           optional_ptr<bool>(key_mask), inv.data_ptr<acc_t>(), g.data_ptr<scalar_t>(), N, M, H, R,
+           static_cast<int>(inner), static_cast<int>(outer));
+  });
+  return g;
+}
+
+// {da, db, dweight, dbias} for checked inputs, on a's device.
+std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& a, const at::Tensor& b,
+                                 const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                 const std::optional<at::Tensor>& key_mask, int64_t inner, int64_t outer,
+                                 bool deterministic) {
+  const c10::cuda::CUDAGuard guard(a.device());
+  const auto B = a.size(0), N = a.size(1), M = b.size(1), H = a.size(2), R = weight.size(0);
+  // No pair contributes: zeros. With H = 0 pairs still exist (z = β), and dβ is not zero.
+  if (B * N * M * R == 0) {
+    return {at::zeros_like(a), at::zeros_like(b), at::zeros_like(weight), at::zeros({R}, weight.options())};
+  }
+  if (outer == kIdentity) return backward_identity_outer(grad, a, b, weight, key_mask, inner);
+  std::vector<at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "global_relation_backward_cuda", [&] {
+    out = backward_general<scalar_t>(grad, a, b, weight, bias, key_mask, inner, outer, deterministic);
+  });
+  return out;
 }
 
 }  // namespace
@@ -230,23 +285,7 @@ at::Tensor global_relation_forward_cuda(const at::Tensor& a, const at::Tensor& b
                                         const std::optional<at::Tensor>& key_mask, int64_t inner,
                                         int64_t outer) {
   check_inputs(a, b, weight, bias, key_mask, inner, outer);
-  const c10::cuda::CUDAGuard guard(a.device());
-  const int B = a.size(0), N = a.size(1), M = b.size(1), H = a.size(2), R = weight.size(0);
-  if (static_cast<int64_t>(B) * N * R == 0) return at::zeros({B, N, R}, a.options());
-  if (outer == kIdentity) return forward_identity_outer(a, b, weight, bias, key_mask, inner);
-  auto g = at::empty({B, N, R}, a.options());
-  const auto inv = inverse_counts(a, b, key_mask);
-  const dim3 blocks(ceil_div(N, kOwn), ceil_div(R, kCols), B);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "global_relation_forward_cuda", [&] {
-    using acc_t = typename Acc<scalar_t>::type;
-    global_relation_forward_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
-        a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), optional_ptr<scalar_t>(bias),
-        optional_ptr<bool>(key_mask), inv.data_ptr<acc_t>(), g.data_ptr<scalar_t>(), N, M, H, R,
-        static_cast<int>(inner), static_cast<int>(outer));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return g;
+  return forward(a, b, weight, bias, key_mask, inner, outer);
 }
 
 std::vector<at::Tensor> global_relation_backward_cuda(const at::Tensor& grad, const at::Tensor& a,
@@ -260,19 +299,7 @@ std::vector<at::Tensor> global_relation_backward_cuda(const at::Tensor& grad, co
                   grad.scalar_type() == a.scalar_type() && grad.device() == a.device(),
               "grad: expected a contiguous (", B, ", ", N, ", ", R, ") tensor like a, got sizes ", grad.sizes(),
               ", dtype ", grad.scalar_type());
-  const c10::cuda::CUDAGuard guard(a.device());
-  if (a.numel() == 0 || b.numel() == 0 || grad.numel() == 0) {
-    // No pair contributes (or H = 0, where only dβ can be non-zero): fall through only for H = 0.
-    if (!(a.size(2) == 0 && B * N * b.size(1) * R > 0)) {
-      return {at::zeros_like(a), at::zeros_like(b), at::zeros_like(weight), at::zeros({R}, weight.options())};
-    }
-  }
-  if (outer == kIdentity) return backward_identity_outer(grad, a, b, weight, key_mask, inner);
-  std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "global_relation_backward_cuda", [&] {
-    out = backward_general<scalar_t>(grad, a, b, weight, bias, key_mask, inner, outer, deterministic);
-  });
-  return out;
+  return backward(grad, a, b, weight, bias, key_mask, inner, outer, deterministic);
 }
 
 }  // namespace fastrel

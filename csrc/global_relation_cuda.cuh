@@ -14,13 +14,16 @@
 // Thread layout of every 64 x 64 tile: 256 threads, ty = tid / 16 selects the own item (or the
 // output row), tx = tid % 16 the output columns tx + 16 c, c < 4. Each thread thus holds all kOther
 // pairs of its own item, so reductions over the other side stay inside the thread.
+//
+// FASTREL_HOST_EMULATION: the file is compiled by a host compiler for the CPU, and the including
+// file provides what CUDA would (tests/emulation/cuda_emulation.h, used by tests/test_cuda_emulation.py).
 #pragma once
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#ifndef FASTREL_HOST_EMULATION
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#ifdef __CUDACC__
 #include <mma.h>
 #endif
 
@@ -48,7 +51,6 @@ constexpr int kZStride = kCols + 4;      // fp32 accumulator tile row
 constexpr int kMaxClipItems = 64;        // the backward handles a whole clip in one block up to here
 
 static_assert(kLanes * kOwn == kThreads, "one thread per (own item, lane)");
-static_assert(kPairs * kStride >= kDepth * kWide, "pair tile also holds a [16][64] tile");
 
 template <typename T>
 struct Acc {
@@ -107,8 +109,7 @@ __device__ __forceinline__ T activation_grad(int code, T x) {
 }
 
 #ifndef FASTREL_HOST_EMULATION
-// The block's dynamic shared memory (its size is set at launch). A host build that runs these
-// kernels outside CUDA defines FASTREL_HOST_EMULATION and provides its own.
+// The block's dynamic shared memory (its size is set at launch); the host emulation provides its own.
 __device__ __forceinline__ unsigned char* dynamic_shared_memory() {
   extern __shared__ __align__(128) unsigned char dynamic_smem[];
   return dynamic_smem;
@@ -127,24 +128,51 @@ __device__ __forceinline__ bool any_key(const bool* mask, int j0, int M) {
   return any;
 }
 
-// Where one tile of pairs lives: a and b of one batch element, the own/other tile origin, extents.
+// Block coordinates in a 1-D grid over (batch, row tile, column tile), the column tile fastest. The
+// whole grid sits in axis x (up to 2^31 - 1 blocks): axes y and z stop at 65535, too few for a batch.
+struct GridTile {
+  int batch, row, col;
+};
+__device__ __forceinline__ GridTile grid_tile(int row_tiles, int col_tiles) {
+  const int id = blockIdx.x;
+  return {id / col_tiles / row_tiles, id / col_tiles % row_tiles, id % col_tiles};
+}
+
+// Where one tile of pairs lives: a and b of one batch element, the key mask, the own/other tile
+// origin and extents.
 template <typename scalar_t>
 struct PairTile {
   const scalar_t* a;  // (N, H) of this batch element
   const scalar_t* b;  // (M, H) of this batch element
+  const bool* mask;   // (M,) of this batch element, or nullptr: every key takes part
   int own0, other0, n_own, n_other, H;
   bool rows;  // own items are rows i (forward, row pass) or keys j (column pass)
 
-  // δ-argument a_i − b_j of pair pr at channel h, in acc_t; the caller checks the ranges.
+  __device__ __forceinline__ int row(int pr) const { return rows ? own0 + pr / kOther : other0 + pr % kOther; }
+  __device__ __forceinline__ int key(int pr) const { return rows ? other0 + pr % kOther : own0 + pr / kOther; }
+
+  // δ-argument a_i − b_j of pair pr at channel h, in acc_t; the caller checks valid(pr).
   template <typename acc_t>
   __device__ __forceinline__ acc_t difference(int pr, int h) const {
-    const int o = own0 + pr / kOther, x = other0 + pr % kOther;
-    const int i = rows ? o : x, j = rows ? x : o;
-    return static_cast<acc_t>(a[static_cast<int64_t>(i) * H + h]) -
-           static_cast<acc_t>(b[static_cast<int64_t>(j) * H + h]);
+    return static_cast<acc_t>(a[static_cast<int64_t>(row(pr)) * H + h]) -
+           static_cast<acc_t>(b[static_cast<int64_t>(key(pr)) * H + h]);
   }
-  __device__ __forceinline__ bool in_range(int pr) const {
-    return own0 + pr / kOther < n_own && other0 + pr % kOther < n_other;
+  // Pair pr lies inside the tile and its key takes part: a key the mask excludes is never read, so a
+  // NaN or inf there cannot reach a result (0 · inf).
+  __device__ __forceinline__ bool valid(int pr) const {
+    const int own = own0 + pr / kOther, other = other0 + pr % kOther;
+    const int j = rows ? other : own;
+    return own < n_own && other < n_other && (mask == nullptr || mask[j]);
+  }
+  // p[pair, h] of the projection: δ(a_i − b_j)[h], zero outside the tile and for excluded keys.
+  template <typename acc_t>
+  __device__ __forceinline__ acc_t relation_input(int pr, int h, int inner) const {
+    return h < H && valid(pr) ? activation(inner, difference<acc_t>(pr, h)) : acc_t(0);
+  }
+  // p[pair, h] of the [dW | dβ] product: relation_input, with the dβ column p[pair, H] = 1.
+  template <typename acc_t>
+  __device__ __forceinline__ acc_t weight_operand(int pr, int h, int inner) const {
+    return h == H && valid(pr) ? acc_t(1) : relation_input<acc_t>(pr, h, inner);
   }
 };
 
@@ -160,10 +188,8 @@ __device__ void project_fma(acc_t (&z)[kOther][kPerLane], acc_t* pt, acc_t* wt, 
     for (int c = 0; c < kPerLane; ++c) z[x][c] = acc_t(0);
   for (int h0 = 0; h0 < tile.H; h0 += kDepth) {
     for (int e = threadIdx.x; e < kPairs * kDepth; e += kThreads) {
-      const int k = e % kDepth, pr = e / kDepth, h = h0 + k;
-      acc_t v = acc_t(0);
-      if (h < tile.H && tile.in_range(pr)) v = activation(inner, tile.template difference<acc_t>(pr, h));
-      pt[pr * kStride + k] = v;
+      const int k = e % kDepth, pr = e / kDepth;
+      pt[pr * kStride + k] = tile.template relation_input<acc_t>(pr, h0 + k, inner);
     }
     for (int e = threadIdx.x; e < kCols * kDepth; e += kThreads) {
       const int k = e % kDepth, col = e / kDepth, r = r0 + col, h = h0 + k;
@@ -210,10 +236,8 @@ __device__ void project_tc(float (&z)[kOther][kPerLane], TcTiles& s, const PairT
   wmma::fill_fragment(acc[1], 0.0f);
   for (int h0 = 0; h0 < tile.H; h0 += kTcDepth) {
     for (int e = threadIdx.x; e < kPairs * kTcDepth; e += kThreads) {
-      const int k = e % kTcDepth, pr = e / kTcDepth, h = h0 + k;
-      float v = 0.0f;
-      if (h < tile.H && tile.in_range(pr)) v = activation(inner, tile.template difference<float>(pr, h));
-      store_operand(p + pr * kTcStride + k, v);
+      const int k = e % kTcDepth, pr = e / kTcDepth;
+      store_operand(p + pr * kTcStride + k, tile.template relation_input<float>(pr, h0 + k, inner));
     }
     for (int e = threadIdx.x; e < kCols * kTcDepth; e += kThreads) {
       const int k = e % kTcDepth, col = e / kTcDepth, r = r0 + col, h = h0 + k;
@@ -270,7 +294,7 @@ struct ProjectTiles<scalar_t, true> {
   }
 };
 
-// g (B, N, R). Grid (row tiles, column tiles, B); block (b, i0 .. i0 + 15, r0 .. r0 + 63).
+// g (B, N, R). Grid: B x row tiles x column tiles (grid_tile); block (b, i0 .. i0 + 15, r0 .. r0 + 63).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     global_relation_forward_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
@@ -280,11 +304,12 @@ __global__ void __launch_bounds__(kThreads)
                                    scalar_t* __restrict__ g, int N, int M, int H, int R, int inner, int outer) {
   using acc_t = typename Acc<scalar_t>::type;
   __shared__ __align__(32) ProjectTiles<scalar_t> tiles;
-  const int batch = blockIdx.z, i0 = blockIdx.x * kOwn, r0 = blockIdx.y * kCols;
+  const GridTile block = grid_tile(ceil_div(N, kOwn), ceil_div(R, kCols));
+  const int batch = block.batch, i0 = block.row * kOwn, r0 = block.col * kCols;
   const int ty = threadIdx.x / kLanes, tx = threadIdx.x % kLanes;
   const bool* mask = key_mask ? key_mask + static_cast<int64_t>(batch) * M : nullptr;
   PairTile<scalar_t> tile{a + static_cast<int64_t>(batch) * N * H, b + static_cast<int64_t>(batch) * M * H,
-                          i0, 0, N, M, H, true};
+                          mask, i0, 0, N, M, H, true};
   acc_t bias_c[kPerLane], sum[kPerLane];
 #pragma unroll
   for (int c = 0; c < kPerLane; ++c) {
@@ -353,13 +378,8 @@ __device__ void weight_grad_tc(float (&out)[kPerLane][kPerLane], TcTiles& s, uns
   using mma_t = typename Mma<scalar_t>::type;
   mma_t* p = reinterpret_cast<mma_t*>(bt);
   for (int e = threadIdx.x; e < kPairs * kCols; e += kThreads) {
-    const int hc = e % kCols, pr = e / kCols, h = hb + hc;
-    float v = 0.0f;
-    if (tile.in_range(pr)) {
-      if (h < tile.H) v = activation(inner, tile.template difference<float>(pr, h));
-      else if (h == tile.H) v = 1.0f;
-    }
-    store_operand(p + pr * kTcWide + hc, v);
+    const int hc = e % kCols, pr = e / kCols;
+    store_operand(p + pr * kTcWide + hc, tile.template weight_operand<float>(pr, hb + hc, inner));
   }
   __syncthreads();
   const int warp = threadIdx.x / 32, row_block = warp / 2, col_block = (warp % 2) * 2;
@@ -436,6 +456,99 @@ __device__ void input_grad_tc(float (&out)[kOther][kPerLane], TcTiles& s, unsign
 #endif
 }
 
+// out[u][v] = Σ_pairs dz[pair, rb + ty + 16 u] p[pair, hb + tx + 16 v] with p[pair, H] = 1: the FMA
+// counterpart of weight_grad_tc. pt holds kDepth x kWide elements.
+template <typename scalar_t, typename acc_t>
+__device__ void weight_grad_fma(acc_t (&out)[kPerLane][kPerLane], acc_t* pt, const acc_t* dz, int ldz,
+                                const PairTile<scalar_t>& tile, int rb, int hb, int inner) {
+  const int ty = threadIdx.x / kLanes, tx = threadIdx.x % kLanes;
+#pragma unroll
+  for (int u = 0; u < kPerLane; ++u)
+#pragma unroll
+    for (int v = 0; v < kPerLane; ++v) out[u][v] = acc_t(0);
+  for (int p0 = 0; p0 < kPairs; p0 += kDepth) {
+    for (int e = threadIdx.x; e < kDepth * kCols; e += kThreads) {
+      const int hc = e % kCols, k = e / kCols;
+      pt[k * kWide + hc] = tile.template weight_operand<acc_t>(p0 + k, hb + hc, inner);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kDepth; ++k) {
+      acc_t dv[kPerLane];
+#pragma unroll
+      for (int u = 0; u < kPerLane; ++u) dv[u] = dz[(p0 + k) * ldz + rb + ty + kLanes * u];
+#pragma unroll
+      for (int v = 0; v < kPerLane; ++v) {
+        const acc_t pv = pt[k * kWide + tx + kLanes * v];
+#pragma unroll
+        for (int u = 0; u < kPerLane; ++u) out[u][v] += dv[u] * pv;
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// out[x][v] = Σ_r dz[ty * kOther + x, r] W[r, hb + tx + 16 v]: the FMA counterpart of input_grad_tc.
+// wt holds kDepth x kWide elements.
+template <typename scalar_t, typename acc_t>
+__device__ void input_grad_fma(acc_t (&out)[kOther][kPerLane], acc_t* wt, const acc_t* dz, int ldz,
+                               const scalar_t* w, int hb, int R, int H) {
+  const int ty = threadIdx.x / kLanes, tx = threadIdx.x % kLanes;
+#pragma unroll
+  for (int x = 0; x < kOther; ++x)
+#pragma unroll
+    for (int v = 0; v < kPerLane; ++v) out[x][v] = acc_t(0);
+  for (int r0 = 0; r0 < R; r0 += kDepth) {
+    for (int e = threadIdx.x; e < kDepth * kCols; e += kThreads) {
+      const int hc = e % kCols, k = e / kCols, r = r0 + k, h = hb + hc;
+      wt[k * kWide + hc] = (r < R && h < H) ? static_cast<acc_t>(w[static_cast<int64_t>(r) * H + h]) : acc_t(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kDepth; ++k) {
+      acc_t wv[kPerLane];
+#pragma unroll
+      for (int v = 0; v < kPerLane; ++v) wv[v] = wt[k * kWide + tx + kLanes * v];
+#pragma unroll
+      for (int x = 0; x < kOther; ++x) {
+        const acc_t d = dz[(ty * kOther + x) * ldz + r0 + k];
+#pragma unroll
+        for (int v = 0; v < kPerLane; ++v) out[x][v] += d * wv[v];
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// Shared memory of the backward for one input dtype: the projection's tiles and the operand tile of
+// the dW and du products, with the three products on the FMA path or on the tensor cores.
+template <typename scalar_t, bool = kTensorCores<scalar_t>>
+struct BackwardTiles : ProjectTiles<scalar_t> {
+  using acc_t = typename Acc<scalar_t>::type;
+  acc_t operand[kDepth * kWide];  // [kDepth][kWide] pair or W_r tile
+  __device__ void weight_grad(acc_t (&out)[kPerLane][kPerLane], const acc_t* dz, int ldz,
+                              const PairTile<scalar_t>& tile, int rb, int hb, int inner) {
+    weight_grad_fma(out, operand, dz, ldz, tile, rb, hb, inner);
+  }
+  __device__ void input_grad(acc_t (&out)[kOther][kPerLane], const acc_t* dz, int ldz, const scalar_t* w, int hb,
+                             int R, int H) {
+    input_grad_fma(out, operand, dz, ldz, w, hb, R, H);
+  }
+};
+template <typename scalar_t>
+struct BackwardTiles<scalar_t, true> : ProjectTiles<scalar_t> {
+  using mma_t = typename Mma<scalar_t>::type;
+  __align__(32) unsigned short operand[kPairs * kTcWide];  // 16-bit [64][kTcWide] pair or W_r tile
+  __device__ void weight_grad(float (&out)[kPerLane][kPerLane], const mma_t* dz, int ldz,
+                              const PairTile<scalar_t>& tile, int rb, int hb, int inner) {
+    weight_grad_tc(out, this->tc, operand, dz, ldz, tile, rb, hb, inner);
+  }
+  __device__ void input_grad(float (&out)[kOther][kPerLane], const mma_t* dz, int ldz, const scalar_t* w, int hb,
+                             int R, int H) {
+    input_grad_tc<scalar_t>(out, this->tc, operand, dz, ldz, w, hb, R, H);
+  }
+};
+
 // Per-launch constants of the backward.
 template <typename scalar_t>
 struct BackwardArgs {
@@ -455,183 +568,165 @@ struct BackwardArgs {
   bool clip;  // block b owns batch element b whole: it also forms db, with a fixed-order reduction
 };
 
+// One own tile of the backward and where its gradients go; other0 advances along the other side.
+template <typename scalar_t>
+struct OwnTile {
+  using acc_t = typename Acc<scalar_t>::type;
+  PairTile<scalar_t> pairs;
+  const scalar_t* grad;  // dL/dg (N, R) of this batch element
+  acc_t scale;           // 1 / n
+  acc_t* own_grad;       // (n_own, H) of this batch element
+  acc_t* other_grad;     // (n_other, H) of this batch element, or nullptr
+};
+
+template <bool kRows, typename scalar_t>
+__device__ OwnTile<scalar_t> own_tile(const BackwardArgs<scalar_t>& args, int batch, int own0) {
+  const int n_own = kRows ? args.N : args.M, n_other = kRows ? args.M : args.N;
+  const bool* mask = args.key_mask ? args.key_mask + static_cast<int64_t>(batch) * args.M : nullptr;
+  PairTile<scalar_t> pairs{args.a + static_cast<int64_t>(batch) * args.N * args.H,
+                           args.b + static_cast<int64_t>(batch) * args.M * args.H,
+                           mask,
+                           own0,
+                           0,
+                           n_own,
+                           n_other,
+                           args.H,
+                           kRows};
+  return {pairs, args.grad + static_cast<int64_t>(batch) * args.N * args.R, args.inv_count[batch],
+          args.own_grad + static_cast<int64_t>(batch) * n_own * args.H,
+          args.other_grad ? args.other_grad + static_cast<int64_t>(batch) * n_other * args.H : nullptr};
+}
+
+// Step 1. dz[pair, r] = m_j σ'(z_ij)[r] G_i[r] / n for the tile's 64 pairs and all R columns, z
+// recomputed; zero for pairs outside the tile or with an excluded key.
+template <typename scalar_t>
+__device__ void relation_grad(DzType<scalar_t>* dz, BackwardTiles<scalar_t>& tiles, const OwnTile<scalar_t>& own,
+                              const BackwardArgs<scalar_t>& args) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int ty = threadIdx.x / kLanes, tx = threadIdx.x % kLanes;
+  const PairTile<scalar_t>& pairs = own.pairs;
+  for (int r0 = 0; r0 < args.R; r0 += kCols) {
+    acc_t z[kOther][kPerLane];
+    tiles.project(z, pairs, args.w, r0, args.R, args.inner);
+#pragma unroll
+    for (int x = 0; x < kOther; ++x) {
+      const int pr = ty * kOther + x;
+      const bool valid = pairs.valid(pr);
+#pragma unroll
+      for (int c = 0; c < kPerLane; ++c) {
+        const int r = r0 + tx + kLanes * c;
+        acc_t d = acc_t(0);
+        if (valid && r < args.R) {
+          const acc_t zr = z[x][c] + (args.bias ? static_cast<acc_t>(args.bias[r]) : acc_t(0));
+          const acc_t g = static_cast<acc_t>(own.grad[static_cast<int64_t>(pairs.row(pr)) * args.R + r]);
+          d = activation_grad(args.outer, zr) * g * own.scale;
+        }
+        if constexpr (kTensorCores<scalar_t>) store_operand(dz + pr * args.ldz + r, d);
+        else dz[pr * args.ldz + r] = d;
+      }
+    }
+  }
+}
+
+// Step 2 (row pass). slab[r, h] += Σ_pairs dz[pair, r] p[pair, h] with p[pair, H] = 1: this block's
+// partial of [dW | dβ].
+template <typename scalar_t>
+__device__ void add_weight_grad(typename Acc<scalar_t>::type* slab, BackwardTiles<scalar_t>& tiles,
+                                const DzType<scalar_t>* dz, const PairTile<scalar_t>& pairs,
+                                const BackwardArgs<scalar_t>& args) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int ty = threadIdx.x / kLanes, tx = threadIdx.x % kLanes, H = args.H, R = args.R;
+  for (int rb = 0; rb < R; rb += kCols) {
+    for (int hb = 0; hb <= H; hb += kCols) {
+      acc_t acc[kPerLane][kPerLane];
+      tiles.weight_grad(acc, dz, args.ldz, pairs, rb, hb, args.inner);
+#pragma unroll
+      for (int u = 0; u < kPerLane; ++u) {
+        const int r = rb + ty + kLanes * u;
+#pragma unroll
+        for (int v = 0; v < kPerLane; ++v) {
+          const int h = hb + tx + kLanes * v;
+          if (r < R && h <= H) slab[static_cast<int64_t>(r) * (H + 1) + h] += acc[u][v];
+        }
+      }
+    }
+  }
+}
+
+// Step 3. du[pair, h] = δ'(a_i − b_j)[h] Σ_r dz[pair, r] W[r, h]. The own side sums in the thread
+// (da in the row pass, db = −Σ_i du in the column pass); the other side, in the row pass, goes to db
+// by atomics, or in clip mode through clip_sum (kOwn x kOther x kCols) in a fixed order.
+template <bool kRows, typename scalar_t>
+__device__ void add_input_grads(BackwardTiles<scalar_t>& tiles, const DzType<scalar_t>* dz,
+                                const OwnTile<scalar_t>& own, typename Acc<scalar_t>::type* clip_sum,
+                                const BackwardArgs<scalar_t>& args) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int ty = threadIdx.x / kLanes, tx = threadIdx.x % kLanes, H = args.H;
+  const PairTile<scalar_t>& pairs = own.pairs;
+  const int o = pairs.own0 + ty, other0 = pairs.other0;
+  for (int hb = 0; hb < H; hb += kCols) {
+    acc_t acc[kOther][kPerLane];
+    tiles.input_grad(acc, dz, args.ldz, args.w, hb, args.R, H);
+#pragma unroll
+    for (int v = 0; v < kPerLane; ++v) {
+      const int h = hb + tx + kLanes * v;
+      acc_t own_sum = acc_t(0);
+#pragma unroll
+      for (int x = 0; x < kOther; ++x) {
+        const int pr = ty * kOther + x;
+        acc_t du = acc_t(0);
+        if (h < H && pairs.valid(pr)) du = acc[x][v] * activation_grad(args.inner, pairs.template difference<acc_t>(pr, h));
+        own_sum += du;
+        if (args.clip) clip_sum[ty * (kOther * kCols) + x * kCols + tx + kLanes * v] = du;
+        else if (own.other_grad != nullptr && h < H && other0 + x < pairs.n_other)
+          atomicAdd(own.other_grad + static_cast<int64_t>(other0 + x) * H + h, -du);
+      }
+      if (o < pairs.n_own && h < H) own.own_grad[static_cast<int64_t>(o) * H + h] += kRows ? own_sum : -own_sum;
+    }
+    if (args.clip) {
+      // db[j, h] −= Σ_own du, summed over the kOwn own items in a fixed order.
+      __syncthreads();
+      const int x = threadIdx.x / kCols, hc = threadIdx.x % kCols, h = hb + hc;
+      acc_t s = acc_t(0);
+      for (int k = 0; k < kOwn; ++k) s += clip_sum[k * (kOther * kCols) + threadIdx.x];
+      if (h < H && other0 + x < pairs.n_other) own.other_grad[static_cast<int64_t>(other0 + x) * H + h] -= s;
+      __syncthreads();
+    }
+  }
+}
+static_assert(kOther * kCols == kThreads, "the clip reduction gives each thread one (key, channel)");
+
 // The backward over own tiles. Row pass (kRows): da, [dW | dβ], and db either with atomics
-// (other_grad) or, in clip mode, by a block reduction. Column pass: db only.
+// (other_grad) or, in clip mode, by a block reduction. Column pass: db only. Blocks take own tiles
+// in a grid-stride loop; in clip mode block b takes every own tile of batch element b.
 template <bool kRows, typename scalar_t>
 __global__ void __launch_bounds__(kThreads) global_relation_backward_kernel(BackwardArgs<scalar_t> args) {
   using acc_t = typename Acc<scalar_t>::type;
   using dz_t = DzType<scalar_t>;
-  constexpr bool kTc = kTensorCores<scalar_t>;
-  __shared__ __align__(32) ProjectTiles<scalar_t> tiles;
-  // Pair or weight tile of the dW and du products: fp32/fp64 [16][64], or 16-bit [64][kTcWide].
-  __shared__ __align__(32) acc_t pt[kTc ? 1 : kPairs * kStride];
-  __shared__ __align__(32) unsigned short bt[kTc ? kPairs * kTcWide : 1];
-  const int ty = threadIdx.x / kLanes, tx = threadIdx.x % kLanes;
-  const int N = args.N, M = args.M, H = args.H, R = args.R, ldz = args.ldz;
-  const int n_own = kRows ? N : M, n_other = kRows ? M : N;
-  const int own_tiles = (n_own + kOwn - 1) / kOwn;
+  __shared__ __align__(32) BackwardTiles<scalar_t> tiles;
   dz_t* dz;
   acc_t* clip_sum;  // kOwn x (kOther * kCols), clip mode only
   if (args.dz_scratch != nullptr) {
-    dz = static_cast<dz_t*>(args.dz_scratch) + static_cast<int64_t>(blockIdx.x) * kPairs * ldz;
+    dz = static_cast<dz_t*>(args.dz_scratch) + static_cast<int64_t>(blockIdx.x) * kPairs * args.ldz;
     clip_sum = reinterpret_cast<acc_t*>(dynamic_shared_memory());
   } else {
     dz = reinterpret_cast<dz_t*>(dynamic_shared_memory());
-    clip_sum = reinterpret_cast<acc_t*>(dz + kPairs * ldz);
+    clip_sum = reinterpret_cast<acc_t*>(dz + kPairs * args.ldz);
   }
-  acc_t* slab = args.slabs ? args.slabs + static_cast<int64_t>(blockIdx.x) * R * (H + 1) : nullptr;
+  acc_t* slab = args.slabs ? args.slabs + static_cast<int64_t>(blockIdx.x) * args.R * (args.H + 1) : nullptr;
 
+  const int own_tiles = ceil_div(kRows ? args.N : args.M, kOwn);
   const int first = args.clip ? blockIdx.x * own_tiles : blockIdx.x;
   const int last = args.clip ? first + own_tiles : args.B * own_tiles;
   const int step = args.clip ? 1 : gridDim.x;
   for (int t = first; t < last; t += step) {
-    const int batch = t / own_tiles, own0 = (t % own_tiles) * kOwn;
-    const bool* mask = args.key_mask ? args.key_mask + static_cast<int64_t>(batch) * M : nullptr;
-    const scalar_t* grad = args.grad + static_cast<int64_t>(batch) * N * R;
-    const acc_t scale = args.inv_count[batch];
-    PairTile<scalar_t> tile{args.a + static_cast<int64_t>(batch) * N * H,
-                            args.b + static_cast<int64_t>(batch) * M * H, own0, 0, n_own, n_other, H, kRows};
-    acc_t* own_grad = args.own_grad + static_cast<int64_t>(batch) * n_own * H;
-    acc_t* other_grad = args.other_grad ? args.other_grad + static_cast<int64_t>(batch) * n_other * H : nullptr;
-    const int o = own0 + ty;
-
-    for (int other0 = 0; other0 < n_other; other0 += kOther) {
-      if (kRows && !any_key(mask, other0, M)) continue;
-      tile.other0 = other0;
-
-      // dz = m_j σ'(z) dG_i / n for the 64 pairs and all R columns (zero outside the ranges).
-      for (int r0 = 0; r0 < R; r0 += kCols) {
-        acc_t z[kOther][kPerLane];
-        tiles.project(z, tile, args.w, r0, R, args.inner);
-#pragma unroll
-        for (int x = 0; x < kOther; ++x) {
-          const int xo = other0 + x;
-          const int i = kRows ? o : xo, j = kRows ? xo : o;
-          const bool valid = o < n_own && xo < n_other && key_valid(mask, j, M);
-#pragma unroll
-          for (int c = 0; c < kPerLane; ++c) {
-            const int r = r0 + tx + kLanes * c;
-            acc_t d = acc_t(0);
-            if (valid && r < R) {
-              const acc_t zr = z[x][c] + (args.bias ? static_cast<acc_t>(args.bias[r]) : acc_t(0));
-              d = activation_grad(args.outer, zr) * static_cast<acc_t>(grad[static_cast<int64_t>(i) * R + r]) * scale;
-            }
-            if constexpr (kTc) store_operand(dz + (ty * kOther + x) * ldz + r, d);
-            else dz[(ty * kOther + x) * ldz + r] = d;
-          }
-        }
-      }
-
-      // [dW | dβ][r, h] += Σ_pairs dz[pair, r] p[pair, h], with p[pair, H] = 1 (row pass only).
-      if (kRows) {
-        for (int rb = 0; rb < R; rb += kCols) {
-          for (int hb = 0; hb <= H; hb += kCols) {
-            acc_t acc[kPerLane][kPerLane];
-            if constexpr (kTc) {
-              weight_grad_tc(acc, tiles.tc, bt, dz, ldz, tile, rb, hb, args.inner);
-            } else {
-#pragma unroll
-            for (int u = 0; u < kPerLane; ++u)
-#pragma unroll
-              for (int v = 0; v < kPerLane; ++v) acc[u][v] = acc_t(0);
-            for (int p0 = 0; p0 < kPairs; p0 += kDepth) {
-              for (int e = threadIdx.x; e < kDepth * kCols; e += kThreads) {
-                const int hc = e % kCols, pr = p0 + e / kCols, h = hb + hc;
-                acc_t v = acc_t(0);
-                if (tile.in_range(pr)) {
-                  if (h < H) v = activation(args.inner, tile.template difference<acc_t>(pr, h));
-                  else if (h == H) v = acc_t(1);
-                }
-                pt[(e / kCols) * kWide + hc] = v;
-              }
-              __syncthreads();
-#pragma unroll
-              for (int kk = 0; kk < kDepth; ++kk) {
-                acc_t dv[kPerLane];
-#pragma unroll
-                for (int u = 0; u < kPerLane; ++u) dv[u] = dz[(p0 + kk) * ldz + rb + ty + kLanes * u];
-#pragma unroll
-                for (int v = 0; v < kPerLane; ++v) {
-                  const acc_t pv = pt[kk * kWide + tx + kLanes * v];
-#pragma unroll
-                  for (int u = 0; u < kPerLane; ++u) acc[u][v] += dv[u] * pv;
-                }
-              }
-              __syncthreads();
-            }
-            }
-#pragma unroll
-            for (int u = 0; u < kPerLane; ++u) {
-              const int r = rb + ty + kLanes * u;
-#pragma unroll
-              for (int v = 0; v < kPerLane; ++v) {
-                const int h = hb + tx + kLanes * v;
-                if (r < R && h <= H) slab[static_cast<int64_t>(r) * (H + 1) + h] += acc[u][v];
-              }
-            }
-          }
-        }
-      }
-
-      // du[pair, h] = δ'(a_i − b_j)[h] Σ_r dz[pair, r] W[r, h]; own side summed in the thread.
-      for (int hb = 0; hb < H; hb += kCols) {
-        acc_t acc[kOther][kPerLane];
-        if constexpr (kTc) {
-          input_grad_tc(acc, tiles.tc, bt, dz, ldz, args.w, hb, R, H);
-        } else {
-#pragma unroll
-        for (int x = 0; x < kOther; ++x)
-#pragma unroll
-          for (int v = 0; v < kPerLane; ++v) acc[x][v] = acc_t(0);
-        for (int r0 = 0; r0 < R; r0 += kDepth) {
-          for (int e = threadIdx.x; e < kDepth * kCols; e += kThreads) {
-            const int hc = e % kCols, rk = e / kCols, r = r0 + rk, h = hb + hc;
-            pt[rk * kWide + hc] =
-                (r < R && h < H) ? static_cast<acc_t>(args.w[static_cast<int64_t>(r) * H + h]) : acc_t(0);
-          }
-          __syncthreads();
-#pragma unroll
-          for (int rk = 0; rk < kDepth; ++rk) {
-            acc_t wv[kPerLane];
-#pragma unroll
-            for (int v = 0; v < kPerLane; ++v) wv[v] = pt[rk * kWide + tx + kLanes * v];
-#pragma unroll
-            for (int x = 0; x < kOther; ++x) {
-              const acc_t d = dz[(ty * kOther + x) * ldz + r0 + rk];
-#pragma unroll
-              for (int v = 0; v < kPerLane; ++v) acc[x][v] += d * wv[v];
-            }
-          }
-          __syncthreads();
-        }
-        }
-#pragma unroll
-        for (int v = 0; v < kPerLane; ++v) {
-          const int h = hb + tx + kLanes * v;
-          acc_t own_sum = acc_t(0);
-#pragma unroll
-          for (int x = 0; x < kOther; ++x) {
-            const int pr = ty * kOther + x;
-            acc_t du = acc_t(0);
-            if (h < H && tile.in_range(pr))
-              du = acc[x][v] * activation_grad(args.inner, tile.template difference<acc_t>(pr, h));
-            own_sum += du;
-            if (args.clip) clip_sum[ty * (kOther * kCols) + x * kCols + tx + kLanes * v] = du;
-            else if (other_grad != nullptr && h < H && other0 + x < n_other)
-              atomicAdd(other_grad + static_cast<int64_t>(other0 + x) * H + h, -du);
-          }
-          if (o < n_own && h < H) own_grad[static_cast<int64_t>(o) * H + h] += kRows ? own_sum : -own_sum;
-        }
-        if (args.clip) {
-          // db[j, h] −= Σ_own du, summed over the 16 own items in a fixed order.
-          __syncthreads();
-          const int x = threadIdx.x / kCols, hc = threadIdx.x % kCols, h = hb + hc;
-          acc_t s = acc_t(0);
-          for (int k = 0; k < kOwn; ++k) s += clip_sum[k * (kOther * kCols) + threadIdx.x];
-          if (h < H && other0 + x < n_other) other_grad[static_cast<int64_t>(other0 + x) * H + h] -= s;
-          __syncthreads();
-        }
-      }
+    OwnTile<scalar_t> own = own_tile<kRows>(args, t / own_tiles, (t % own_tiles) * kOwn);
+    for (int other0 = 0; other0 < own.pairs.n_other; other0 += kOther) {
+      if (kRows && !any_key(own.pairs.mask, other0, args.M)) continue;
+      own.pairs.other0 = other0;
+      relation_grad(dz, tiles, own, args);
+      if (kRows) add_weight_grad(slab, tiles, dz, own.pairs, args);
+      add_input_grads<kRows>(tiles, dz, own, clip_sum, args);
     }
   }
 }
@@ -652,8 +747,14 @@ __global__ void global_relation_reduce_slabs_kernel(const typename Acc<scalar_t>
   else dbias[r] = static_cast<scalar_t>(s);
 }
 
+// Block of the outer = identity kernels: kSumChannels channels by kSumRows rows (or keys), one
+// (item, channel) per thread; no shared memory, no barriers.
+constexpr int kSumChannels = 32;
+constexpr int kSumRows = 8;
+constexpr int kSumThreads = kSumChannels * kSumRows;
+
 // out[b, i, h] = scale_b Σ_j m_j f(a_ih − b_jh), f = δ or δ' (outer = identity fast path).
-// Block (32 channels, 8 rows); no shared memory, no barriers.
+// Grid: B x ceil(N / kSumRows) x ceil(H / kSumChannels) blocks (grid_tile).
 template <typename scalar_t>
 __global__ void global_relation_row_sum_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
                                                const bool* __restrict__ key_mask,
@@ -661,8 +762,10 @@ __global__ void global_relation_row_sum_kernel(const scalar_t* __restrict__ a, c
                                                typename Acc<scalar_t>::type* __restrict__ out, int N, int M, int H,
                                                int inner, bool grad) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int h = blockIdx.x * blockDim.x + threadIdx.x, i = blockIdx.y * blockDim.y + threadIdx.y;
-  const int batch = blockIdx.z;
+  const GridTile block = grid_tile(ceil_div(N, kSumRows), ceil_div(H, kSumChannels));
+  const int batch = block.batch;
+  const int h = block.col * kSumChannels + threadIdx.x % kSumChannels;
+  const int i = block.row * kSumRows + threadIdx.x / kSumChannels;
   if (h >= H || i >= N) return;
   const bool* mask = key_mask ? key_mask + static_cast<int64_t>(batch) * M : nullptr;
   const scalar_t* bb = b + static_cast<int64_t>(batch) * M * H + h;
@@ -677,6 +780,7 @@ __global__ void global_relation_row_sum_kernel(const scalar_t* __restrict__ a, c
 }
 
 // db[b, j, h] = −m_j Σ_i e[b, i, h] δ'(a_ih − b_jh) (outer = identity fast path).
+// Grid: B x ceil(M / kSumRows) x ceil(H / kSumChannels) blocks (grid_tile).
 template <typename scalar_t>
 __global__ void global_relation_column_sum_kernel(const typename Acc<scalar_t>::type* __restrict__ e,
                                                   const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
@@ -684,8 +788,10 @@ __global__ void global_relation_column_sum_kernel(const typename Acc<scalar_t>::
                                                   typename Acc<scalar_t>::type* __restrict__ db, int N, int M,
                                                   int H, int inner) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int h = blockIdx.x * blockDim.x + threadIdx.x, j = blockIdx.y * blockDim.y + threadIdx.y;
-  const int batch = blockIdx.z;
+  const GridTile block = grid_tile(ceil_div(M, kSumRows), ceil_div(H, kSumChannels));
+  const int batch = block.batch;
+  const int h = block.col * kSumChannels + threadIdx.x % kSumChannels;
+  const int j = block.row * kSumRows + threadIdx.x / kSumChannels;
   if (h >= H || j >= M) return;
   const int64_t out = (static_cast<int64_t>(batch) * M + j) * H + h;
   if (key_mask != nullptr && !key_mask[static_cast<int64_t>(batch) * M + j]) {

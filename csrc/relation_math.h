@@ -18,6 +18,9 @@ enum Activation : int { kIdentity = 0, kRelu = 1, kLeakyRelu = 2, kAbs = 3 };
 
 constexpr double kLeakySlope = 0.01;
 
+// Number of tiles of size y that cover x items.
+FASTREL_HD constexpr int64_t ceil_div(int64_t x, int64_t y) { return (x + y - 1) / y; }
+
 template <int A, typename T>
 FASTREL_HD T activate(T x) {
   if constexpr (A == kRelu) return x < T(0) ? T(0) : x;

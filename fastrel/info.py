@@ -8,6 +8,14 @@ import sys
 import torch
 
 from fastrel.backends import BACKENDS
+from fastrel.backends.base import SMALL_SET_ITEMS
+
+AUTO_RULE = (
+    'backend="auto": among the backends that accept a call, the first in the order above that prefers\n'
+    "the call's device, dtype and sizes; else the first that accepts it. On CUDA: sort where it applies,\n"
+    f"cuda for clips (N, M <= {SMALL_SET_ITEMS}) and fp64, triton for larger sets in bf16/fp16/fp32 "
+    "(a static estimate\nuntil GPU timings exist)."
+)
 
 
 def _triton_version() -> str:
@@ -49,8 +57,11 @@ def report() -> str:
             f"inner {','.join(backend.inner)}; outer {','.join(backend.outer)}"
         )
         lines.append(f"{'':<22} {backend.summary}")
+        for preference in backend.preferred:
+            lines.append(f"{'':<22} auto prefers it for {preference.describe()}")
         if backend.unavailable is not None:
             lines.append(f"{'':<22} why not: {backend.unavailable}")
+    lines += ["", AUTO_RULE]
     return "\n".join(lines)
 
 

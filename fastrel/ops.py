@@ -50,7 +50,8 @@ def global_relation(
     checks.backend(backend)
     if checks.deterministic(deterministic) is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
-    name = _select(backend, a.device.type, a.dtype, inner, outer, bool(deterministic))
+    shape = backends.Shape(a.shape[1], b.shape[1], a.shape[2], weight.shape[0])
+    name = _select(backend, a.device.type, a.dtype, inner, outer, bool(deterministic), shape)
     weight = weight.to(a.dtype).contiguous()
     bias = bias.to(a.dtype).contiguous() if bias is not None else None
     key_mask = key_mask.contiguous() if key_mask is not None else None
@@ -61,8 +62,9 @@ def global_relation(
 
 
 @torch.compiler.assume_constant_result
-def _select(backend: str, device: str, dtype: torch.dtype, inner: str, outer: str, deterministic: bool) -> str:
-    return backends.select(backend, device, dtype, inner, outer, deterministic)
+def _select(backend: str, device: str, dtype: torch.dtype, inner: str, outer: str, deterministic: bool,
+            shape: backends.Shape) -> str:
+    return backends.select(backend, device, dtype, inner, outer, deterministic, shape)
 
 
 @torch.library.custom_op("fastrel::global_relation", mutates_args=())

@@ -1,4 +1,12 @@
-"""The registry of backends, in the order ``backend="auto"`` tries them."""
+"""The registry of backends and the one dispatcher, ``select``.
+
+``backend="auto"`` takes, among the backends that accept a call, the first in registry order that
+declares a preference (``Backend.preferred``) for the call's device, dtype and sizes; when none
+does, the first that accepts it. On CUDA that gives: ``sort`` wherever it applies (exact and
+O((N+M) log M·H)); ``cuda`` for small sets (N, M ≤ ``SMALL_SET_ITEMS``, RGTR clips) and for fp64;
+``triton`` for larger sets in bf16/fp16/fp32. Each preference states its reason, and
+``python -m fastrel.info`` prints them.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +15,27 @@ from typing import Optional
 import torch
 
 from fastrel.backends import cpu, cuda, reference, sort, triton
-from fastrel.backends.base import Backend
+from fastrel.backends.base import Backend, Shape
 
-#: Preference order for ``backend="auto"``: the first backend that accepts a call runs it.
-#: ``sort`` is exact and asymptotically cheaper, so it goes first where it applies; ``cpu``
-#: comes before ``triton`` so that CPU tensors never go to the Triton interpreter by default.
+#: Registry order, the fallback of ``backend="auto"`` where no preference matches. ``cpu`` comes
+#: before ``triton`` so that CPU tensors never go to the Triton interpreter by default.
 BACKENDS: dict[str, Backend] = {m.BACKEND.name: m.BACKEND for m in (sort, cpu, triton, cuda, reference)}
 
 
 def select(
-    backend: str, device: str, dtype: torch.dtype, inner: str, outer: str, deterministic: bool
+    backend: str,
+    device: str,
+    dtype: torch.dtype,
+    inner: str,
+    outer: str,
+    deterministic: bool,
+    shape: Optional[Shape] = None,
 ) -> str:
-    """Name of the backend that runs this call, or a ValueError that says why none can."""
+    """Name of the backend that runs this call, or a ValueError that says why none can.
+
+    ``shape`` (N, M, H, R) lets ``auto`` pick per shape class; without it only the preferences
+    that do not depend on sizes apply.
+    """
     if backend != "auto":
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected 'auto' or one of {list(BACKENDS)}, got {backend!r}")
@@ -26,13 +43,17 @@ def select(
         if reason is not None:
             raise ValueError(f"backend: {reason}")
         return backend
-    reasons = []
+    accepting, reasons = [], []
     for candidate in BACKENDS.values():
         reason = candidate.refusal(device, dtype, inner, outer, deterministic)
         if reason is None:
-            return candidate.name
-        reasons.append(reason)
-    raise ValueError("backend: no backend accepts this call:\n  " + "\n  ".join(reasons))
+            accepting.append(candidate)
+        else:
+            reasons.append(reason)
+    if not accepting:
+        raise ValueError("backend: no backend accepts this call:\n  " + "\n  ".join(reasons))
+    preferred = next((c for c in accepting if c.preference(device, dtype, shape) is not None), accepting[0])
+    return preferred.name
 
 
 def get(name: str) -> Backend:

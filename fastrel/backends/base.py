@@ -18,6 +18,10 @@ from fastrel import activations
 
 Tensor = torch.Tensor
 
+#: The largest N and M of a small set (an RGTR clip): the shape class where ``auto`` prefers the
+#: ``cuda`` backend's one-block-per-clip kernels to Triton's large tiles.
+SMALL_SET_ITEMS = 32
+
 #: forward(a, b, weight, bias, key_mask, inner, outer) -> g (B, N, R) in a's dtype.
 #: Inputs are contiguous; weight and bias have a's dtype; key_mask is bool (B, M) or None.
 Forward = Callable[[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor], str, str], Tensor]
@@ -25,6 +29,55 @@ Forward = Callable[[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor], 
 #: backward(grad, a, b, weight, bias, key_mask, inner, outer, deterministic)
 #:     -> (da, db, dweight, dbias); dbias is a (R,) tensor even when bias is None.
 Backward = Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The sizes of one call: N queries, M keys, H hidden channels, R relation channels."""
+
+    N: int
+    M: int
+    H: int
+    R: int
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A class of calls for which ``backend="auto"`` puts a backend first on a device, and why.
+
+    A call belongs to the class when its device is listed, its dtype too (``dtypes=None``: any
+    the backend accepts) and its larger set, max(N, M), lies within [``min_items``, ``max_items``];
+    a bound needs the call's shape.
+    """
+
+    reason: str
+    devices: tuple[str, ...]
+    dtypes: Optional[tuple[torch.dtype, ...]] = None
+    max_items: Optional[int] = None
+    min_items: Optional[int] = None
+
+    def matches(self, device: str, dtype: torch.dtype, shape: Optional[Shape]) -> bool:
+        if device not in self.devices or (self.dtypes is not None and dtype not in self.dtypes):
+            return False
+        if self.max_items is None and self.min_items is None:
+            return True
+        if shape is None:
+            return False
+        items = max(shape.N, shape.M)
+        return (self.max_items is None or items <= self.max_items) and (
+            self.min_items is None or items >= self.min_items
+        )
+
+    def describe(self) -> str:
+        """One line: the class, then why."""
+        dtypes = "any dtype" if self.dtypes is None else ",".join(str(d).removeprefix("torch.") for d in self.dtypes)
+        bounds = []
+        if self.min_items is not None:
+            bounds.append(f"max(N, M) ≥ {self.min_items}")
+        if self.max_items is not None:
+            bounds.append(f"max(N, M) ≤ {self.max_items}")
+        sizes = f", {' and '.join(bounds)}" if bounds else ""
+        return f"{','.join(self.devices)} {dtypes}{sizes}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -42,6 +95,8 @@ class Backend:
     outer: tuple[str, ...] = activations.OUTER
     #: False when the backend only runs with atomics (cannot honour deterministic mode).
     deterministic: bool = True
+    #: The classes of calls where ``auto`` prefers this backend to the registry order, with why.
+    preferred: tuple[Preference, ...] = ()
 
     @functools.cached_property
     def unavailable(self) -> Optional[str]:
@@ -69,3 +124,7 @@ class Backend:
         if deterministic and not self.deterministic:
             return f"backend {self.name!r} cannot run in deterministic mode"
         return None
+
+    def preference(self, device: str, dtype: torch.dtype, shape: Optional[Shape]) -> Optional[Preference]:
+        """The first declared class this call belongs to, or None."""
+        return next((p for p in self.preferred if p.matches(device, dtype, shape)), None)

@@ -1,8 +1,13 @@
 """The ``cuda`` backend: the CUDA C++ kernels of ``csrc/global_relation_cuda.cu`` through ``fastrel._C``.
 
-Tensor cores for bfloat16/float16 (fp32 accumulation), plain fp32 and fp64 FMA otherwise; the
-outer = identity case takes the exact fast path. The backward is deterministic without atomics
-when asked (a row pass for da and [dW | dβ], a column pass for db), else one pass with atomics.
+WMMA tensor cores for bfloat16/float16 (fp32 accumulation), plain fp32 and fp64 FMA otherwise; the
+outer = identity case takes the exact fast path. For sets of at most 64 items (clips) the backward
+runs one block per clip, which forms da, db and [dW | dβ] in one launch, in a fixed order, without
+atomics. Larger sets: deterministic without atomics when asked (a row pass for da and [dW | dβ],
+a column pass for db), else one pass with atomics.
+
+Its role: the better kernel for small sets and fp64, not for large sets in 16-bit or fp32, where
+Triton's larger tensor-core tiles win (``PREFERRED`` says why; a static estimate until a GPU has run).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from fastrel.backends import native
-from fastrel.backends.base import Backend
+from fastrel.backends.base import SMALL_SET_ITEMS, Backend, Preference
 
 
 def probe() -> str | None:
@@ -28,12 +33,28 @@ def probe() -> str | None:
 
 forward, backward = native.kernels("cuda")
 
+PREFERRED = (
+    Preference(
+        "small sets (RGTR clips): the backward runs one block per clip, forming da, db and [dW | dβ] in "
+        "one launch with fixed-order sums, no column pass and no atomics; Triton's tiles of >= 64 pairs "
+        "would be mostly padding (static estimate, not yet measured on a GPU)",
+        devices=("cuda",),
+        max_items=SMALL_SET_ITEMS,
+    ),
+    Preference(
+        "fp64: the Triton backend runs no fp64 on the GPU; these kernels do plain fp64 FMA",
+        devices=("cuda",),
+        dtypes=(torch.float64,),
+    ),
+)
+
 BACKEND = Backend(
     name="cuda",
-    summary="CUDA C++ kernels: tensor cores for bf16/fp16, FMA for fp32/fp64, deterministic backward",
+    summary="CUDA C++ kernels: WMMA for bf16/fp16, FMA for fp32/fp64, one-block-per-clip deterministic backward",
     devices=("cuda",),
     dtypes=(torch.float64, torch.float32, torch.bfloat16, torch.float16),
     forward=forward,
     backward=backward,
     probe=probe,
+    preferred=PREFERRED,
 )

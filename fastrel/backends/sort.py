@@ -15,7 +15,7 @@ import torch
 
 from fastrel import activations, dtypes
 from fastrel.backends import native as _native
-from fastrel.backends.base import Backend
+from fastrel.backends.base import Backend, Preference
 
 Tensor = torch.Tensor
 
@@ -180,4 +180,10 @@ BACKEND = Backend(
     inner=("relu", "abs"),
     outer=("identity",),
     deterministic=True,
+    preferred=(
+        Preference(
+            "exact and O((N+M) log M·H) where the pairwise kernels are O(N·M·H·R)",
+            devices=("cpu", "cuda"),
+        ),
+    ),
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from fastrel.backends.base import Backend
+from fastrel.backends.base import SMALL_SET_ITEMS, Backend, Preference
 from fastrel.kernels import interpreting
 
 _INTERPRETING = interpreting()
@@ -49,4 +49,13 @@ BACKEND = Backend(
     backward=_backward,
     probe=_probe,
     deterministic=True,
+    preferred=(
+        Preference(
+            "sets larger than a clip: tensor-core tiles of >= 64 pairs stay full (static estimate, "
+            "not yet measured on a GPU)",
+            devices=("cuda",),
+            dtypes=(torch.float32, torch.bfloat16, torch.float16),
+            min_items=SMALL_SET_ITEMS + 1,
+        ),
+    ),
 )

@@ -1,0 +1,85 @@
+"""``backend="auto"`` on CUDA picks per shape class, as the backends declare (no GPU needed: probes patched)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import fastrel
+from fastrel import backends
+from fastrel.backends import BACKENDS, Shape, select
+from fastrel.backends.base import SMALL_SET_ITEMS
+
+PAPER_RGSA = Shape(N=128, M=128, H=256, R=128)  # one 16x8 frame map, paper sizes
+RGTR_CLIP = Shape(N=8, M=8, H=256, R=128)  # T = 8 frames
+
+
+@pytest.fixture
+def gpu_machine(monkeypatch):
+    """The registry as on a machine with a GPU and every backend built: each probe passes."""
+    for name, backend in BACKENDS.items():
+        monkeypatch.setitem(BACKENDS, name, dataclasses.replace(backend, probe=lambda: None))
+
+
+def auto(dtype=torch.bfloat16, shape=PAPER_RGSA, inner="relu", outer="relu", device="cuda") -> str:
+    return select("auto", device, dtype, inner, outer, True, shape)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_large_sets_go_to_triton_and_clips_to_cuda(gpu_machine, dtype):
+    assert auto(dtype, PAPER_RGSA) == "triton"
+    assert auto(dtype, RGTR_CLIP) == "cuda"
+
+
+def test_the_clip_class_ends_at_small_set_items_in_either_set(gpu_machine):
+    edge = SMALL_SET_ITEMS
+    assert auto(shape=Shape(edge, edge, 64, 32)) == "cuda"
+    assert auto(shape=Shape(edge + 1, edge, 64, 32)) == "triton"
+    assert auto(shape=Shape(8, edge + 1, 64, 32)) == "triton"
+
+
+@pytest.mark.parametrize("shape", [RGTR_CLIP, PAPER_RGSA], ids=["clip", "large"])
+def test_fp64_goes_to_cuda_at_every_size(gpu_machine, shape):
+    assert auto(torch.float64, shape) == "cuda"
+
+
+@pytest.mark.parametrize("shape", [RGTR_CLIP, PAPER_RGSA], ids=["clip", "large"])
+def test_the_exact_sort_path_comes_first_wherever_it_applies(gpu_machine, shape):
+    assert auto(shape=shape, inner="relu", outer="identity") == "sort"
+    assert auto(shape=shape, inner="leaky_relu", outer="identity") != "sort"
+
+
+def test_without_sizes_only_size_free_preferences_apply(gpu_machine):
+    assert auto(torch.bfloat16, None) == "triton"  # registry order
+    assert auto(torch.float64, None) == "cuda"
+
+
+def test_a_clip_goes_to_triton_when_the_cuda_kernels_are_not_built(gpu_machine, monkeypatch):
+    monkeypatch.setitem(BACKENDS, "cuda", dataclasses.replace(BACKENDS["cuda"], probe=lambda: "not built"))
+    assert auto(torch.bfloat16, RGTR_CLIP) == "triton"
+
+
+def test_cpu_calls_keep_the_fused_cpu_backend(gpu_machine):
+    assert auto(torch.float32, RGTR_CLIP, device="cpu") == "cpu"
+    assert auto(torch.float32, PAPER_RGSA, device="cpu") == "cpu"
+
+
+def test_every_preference_says_why(gpu_machine):
+    for backend in BACKENDS.values():
+        for preference in backend.preferred:
+            assert len(preference.reason) > 20 and preference.reason in preference.describe()
+
+
+def test_the_operator_passes_the_call_sizes_to_select(monkeypatch):
+    seen = []
+
+    def spy(*args):
+        seen.append(args[-1])
+        return "reference"
+
+    monkeypatch.setattr(backends, "select", spy)
+    a, b, weight = torch.randn(2, 5, 3), torch.randn(2, 7, 3), torch.randn(4, 3)
+    fastrel.global_relation(a, b, weight)
+    assert seen == [Shape(N=5, M=7, H=3, R=4)]
