@@ -196,9 +196,8 @@ def _recording_run(target: GPUTarget, launches: list[Launch], config: list[str])
         options, signature, constexprs, attrs = self._pack_args(backend, kwargs, bound_args, specialization, options)
         if callable(grid):
             grid = grid(bound_args)
-        launches.append(
-            Launch(self, signature, constexprs, attrs, dict(options.__dict__), tuple(grid or ()), config[0] if config else "")
-        )
+        tag = config[0] if config else ""
+        launches.append(Launch(self, signature, constexprs, attrs, dict(options.__dict__), tuple(grid or ()), tag))
         return None
 
     return run
@@ -237,7 +236,8 @@ def capture(call: Callable[[], Any], device: Device = H100) -> list[Launch]:
     config: list[str] = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(_pretend_gpu(device))
-        stack.enter_context(mock.patch.object(triton_jit.JITFunction, "run", _recording_run(device.target, launches, config)))
+        recorder = _recording_run(device.target, launches, config)
+        stack.enter_context(mock.patch.object(triton_jit.JITFunction, "run", recorder))
         stack.enter_context(mock.patch.object(triton_autotuner.Autotuner, "run", _every_config_run(config)))
         stack.enter_context(warnings.catch_warnings())
         warnings.filterwarnings("ignore", message=".*data pointer of FakeTensor.*")

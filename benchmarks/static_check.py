@@ -97,7 +97,12 @@ SETS = {
     },
     "all": {
         arch: _timed(("bf16", "fp16", "fp32"), (PAPER, LARGE, CLIP))
-        + [Call(s, d, masked=True, deterministic=det) for s in (PAPER, LARGE) for d in ("bf16", "fp32") for det in (True, False)]
+        + [
+            Call(s, d, masked=True, deterministic=det)
+            for s in (PAPER, LARGE)
+            for d in ("bf16", "fp32")
+            for det in (1, 0)
+        ]
         + _code_paths(PAPER, "bf16")
         + _code_paths(CLIP, "fp32")
         for arch in (90, 80)
@@ -138,7 +143,8 @@ def _describe(launch) -> tuple[str, str]:
     tiles = {k: v for k, v in constexprs.items() if k.startswith("BLOCK")}
     io = next((t[1:] for t in launch.signature.values() if t.startswith("*")), "?")
     variant = " ".join([io] + [f"{k}={_short(v)}" for k, v in constexprs.items() if k not in tiles])
-    config = "x".join(str(v) for v in tiles.values()) + f" w{launch.options['num_warps']} s{launch.options['num_stages']}"
+    options = launch.options
+    config = "x".join(str(v) for v in tiles.values()) + f" w{options['num_warps']} s{options['num_stages']}"
     return variant, config
 
 
@@ -146,10 +152,9 @@ def _analyse_triton(launch, arch: int) -> dict:
     import contextlib
     import io
 
+    import sass_model
     import triton
     from triton.compiler import ASTSource
-
-    import sass_model
 
     src = ASTSource(launch.fn, launch.signature, launch.constexprs, launch.attrs)
     log = io.StringIO()
@@ -215,10 +220,13 @@ def _cache_key(launch, arch: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def triton_rows(arch: int, calls: list[Call], cache: Path | None, shard: tuple[int, int] = (0, 1)) -> tuple[list[dict], str]:
+def triton_rows(
+    arch: int, calls: list[Call], cache: Path | None, shard: tuple[int, int] = (0, 1)
+) -> tuple[list[dict], str]:
     """One row per distinct compiled Triton kernel that ``calls`` launch on sm_<arch>; with
     ``shard`` = (i, n) only the rows i, i + n, ... (their place in ``index``)."""
     import static_capture
+
     from fastrel.kernels import global_relation as kernels
 
     rows: dict[str, dict] = {}
@@ -301,6 +309,10 @@ def run(root: Path, archs: list[int], kernel_set: str, cache: Path | None, jobs:
     )
 
 
+def _name(row: dict) -> str:
+    return f"sm_{row['arch']} {row['kernel']} {row['variant']} {row['config']}"
+
+
 def violations(row: dict) -> list[str]:
     """The hard failures of one row: no compile, shared memory over the limit, a non-relaxed atomic."""
     if "error" in row:
@@ -380,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         args.markdown.write_text(markdown(result))
     print(text_table(result))
-    failures = [f"sm_{r['arch']} {r['kernel']} {r['variant']} {r['config']}: {v}" for r in result["rows"] for v in violations(r)]
+    failures = [f"{_name(r)}: {v}" for r in result["rows"] for v in violations(r)]
     for part in result["parts"]:
         print(f"sm_{part['arch']} shard {part['shard']}: {part['kernels_file']} ({part['seconds']} s)")
     print("\n".join(failures) if failures else "no violations")
