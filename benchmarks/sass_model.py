@@ -19,8 +19,8 @@ import re
 #: Dense peak FLOP per SM per cycle. sm_90 = H100 SXM (989 TFLOP/s bf16 = 132 SMs x 1.83 GHz x 4096),
 #: sm_80 = A100 SXM (312 TFLOP/s bf16 = 108 SMs x 1.41 GHz x 2048).
 PEAK_PER_SM_CYCLE = {
-    90: {"bf16": 4096, "f16": 4096, "tf32": 2048, "ffma": 256},
-    80: {"bf16": 2048, "f16": 2048, "tf32": 1024, "ffma": 128},
+    90: {"bf16": 4096, "f16": 4096, "tf32": 2048, "ffma": 256, "dfma": 128},
+    80: {"bf16": 2048, "f16": 2048, "tf32": 1024, "ffma": 128, "dfma": 64},
 }
 SUB_PARTITIONS = 4
 MMA_OPCODES = ("HGMMA", "HMMA")
@@ -66,6 +66,35 @@ def mma_kind(ptx: str) -> str:
 
 
 _SEMANTICS = ("relaxed", "acquire", "release", "acq_rel", "sc")
+
+
+def sass_atomics(instructions: list[Instruction]) -> dict[str, int]:
+    """Count of SASS atomics (ATOM*, RED*): "fenced" when a MEMBAR/FENCE precedes one within 4
+    instructions (how an acquire/release atomic compiles), else "relaxed"."""
+    counts: dict[str, int] = {}
+    for i, ins in enumerate(instructions):
+        if ins.opcode.startswith(("ATOM", "RED")):
+            fenced = any(p.opcode.startswith(("MEMBAR", "FENCE")) for p in instructions[max(0, i - 4) : i])
+            sem = "fenced" if fenced else "relaxed"
+            counts[sem] = counts.get(sem, 0) + 1
+    return counts
+
+
+def sass_mma_kind(instructions: list[Instruction]) -> str:
+    opcodes = {i.opcode.split(".")[0] for i in instructions}
+    return "wgmma" if "HGMMA" in opcodes else ("mma.sync" if "HMMA" in opcodes else "none")
+
+
+def local_bytes(instructions: list[Instruction]) -> tuple[int, int]:
+    """(bytes stored, bytes loaded) by STL / LDL instructions: ptxas's spill figures when the
+    kernel keeps no arrays in local memory."""
+    totals = {"STL": 0, "LDL": 0}
+    for ins in instructions:
+        base = ins.opcode.split(".")[0]
+        if base in totals:
+            width = re.search(r"\.(64|128)\b", ins.opcode)
+            totals[base] += int(width.group(1)) // 8 if width else 4
+    return totals["STL"], totals["LDL"]
 
 
 def ptx_atomics(ptx: str) -> dict[str, int]:
@@ -136,13 +165,14 @@ def _flops_per_warp(opcode: str) -> tuple[float, str] | None:
     if m:
         mm, n, k = map(int, m.groups()[:3])
         return 2 * mm * n * k / 4, _mma_class(m.group(4))
-    m = re.match(r"HMMA\.(\d+)\.\w+\.(\w+)", opcode)
+    m = re.match(r"HMMA\.(\d+)\.\w+(?:\.(\w+))?", opcode)
     if m:
         digits = m.group(1)  # 16816 = m16 n8 k16, 1688 = m16 n8 k8, 1684 = m16 n8 k4
         mm, n, k = 16, 8, int(digits[3:])
-        return 2 * mm * n * k, _mma_class(m.group(2))
-    if opcode.split(".")[0] == "FFMA":
-        return 64.0, "ffma"
+        return 2 * mm * n * k, _mma_class(m.group(2) or "f16")
+    base = opcode.split(".")[0]
+    if base in ("FFMA", "DFMA"):
+        return 64.0, base.lower()
     return None
 
 
@@ -161,8 +191,8 @@ class LoopReport:
 
 
 def hottest_loop(instructions: list[Instruction], arch: int) -> LoopReport | None:
-    """The innermost loop holding tensor-core instructions, else the innermost loop with the most
-    FFMA (else the largest innermost loop); None for straight-line code."""
+    """The innermost loop holding tensor-core instructions, else the innermost one holding
+    FFMA/DFMA, else the innermost loop; None for straight-line code."""
     loops = []
     for ins in instructions:
         if ins.target is not None and ins.target <= ins.address:
@@ -178,23 +208,19 @@ def hottest_loop(instructions: list[Instruction], arch: int) -> LoopReport | Non
     with_mma = [b for b in loops if count(b, MMA_OPCODES)]
     if with_mma:
         body = min(with_mma, key=len)
+        mma = [_flops_per_warp(i.opcode) for i in body if i.opcode.startswith(MMA_OPCODES)]
+        mma = [f for f in mma if f]
+        kind = next(i.opcode.split(".")[0] for i in body if i.opcode.startswith(MMA_OPCODES))
+        math, flops, peak_class = len(mma), sum(f[0] for f in mma), mma[0][1] if mma else None
     else:
-        innermost = [b for b in loops if not any(o is not b and set(map(id, o)) < set(map(id, b)) for o in loops)]
-        body = max(innermost, key=lambda b: (count(b, ("FFMA",)), len(b)))
-    flops, classes = 0.0, []
-    for ins in body:
-        f = _flops_per_warp(ins.opcode)
-        if f:
-            flops += f[0]
-            classes.append(f[1])
-    mma = [i for i in body if i.opcode.startswith(MMA_OPCODES)]
-    if mma:
-        kind, math = mma[0].opcode.split(".")[0], len(mma)
-        peak_class = next(c for c in classes if c != "ffma")
-        flops = sum(_flops_per_warp(i.opcode)[0] for i in mma)
-    else:
-        math = count(body, ("FFMA",))
-        kind, peak_class = ("FFMA", "ffma") if math else ("-", None)
+        with_fma = [b for b in loops if count(b, ("FFMA", "DFMA"))]
+        body = min(with_fma, key=len) if with_fma else min(loops, key=len)
+        ffma, dfma = count(body, ("FFMA",)), count(body, ("DFMA",))
+        if ffma or dfma:
+            kind, math = ("FFMA", ffma) if ffma >= dfma else ("DFMA", dfma)
+            flops, peak_class = 64.0 * math, kind.lower()
+        else:
+            kind, math, flops, peak_class = "-", 0, 0.0, None
     bound = None
     if peak_class:
         bound = min(1.0, SUB_PARTITIONS * flops / len(body) / PEAK_PER_SM_CYCLE[arch][peak_class])

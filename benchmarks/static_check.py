@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fastrel" / "static_check"
 #: Bump when the analysis changes, so cached rows are recomputed.
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2
 SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}
 SHARED_PER_SM = {90: 228 * 1024, 80: 164 * 1024}
 
@@ -101,7 +102,7 @@ SETS = {
             Call(s, d, masked=True, deterministic=det)
             for s in (PAPER, LARGE)
             for d in ("bf16", "fp32")
-            for det in (1, 0)
+            for det in (True, False)
         ]
         + _code_paths(PAPER, "bf16")
         + _code_paths(CLIP, "fp32")
@@ -237,10 +238,11 @@ def triton_rows(
             if key not in rows:
                 variant, config = _describe(launch)
                 rows[key] = dict(arch=arch, source="triton", kernel=launch.kernel, variant=variant, config=config,
-                                 grid=list(launch.grid), calls=[], launch=launch)  # fmt: skip
+                                 grid=list(launch.grid), calls=[], autotune=[], launch=launch)  # fmt: skip
                 order.append(key)
-            if call.label not in rows[key]["calls"]:
-                rows[key]["calls"].append(call.label)
+            for field, value in (("calls", call.label), ("autotune", launch.config)):
+                if value and value not in rows[key][field]:
+                    rows[key][field].append(value)
     result = []
     for index, key in enumerate(order):
         if index % shard[1] != shard[0]:
@@ -264,6 +266,138 @@ def triton_rows(
 
 
 # --------------------------------------------------------------------------------------------
+# CUDA C++: the cubin of csrc/*.cu, from the checkout's built library when it is current, else nvcc
+
+#: nvcc flags as setup.py gives them (with torch's own), plus a cubin for one architecture.
+NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr", "-std=c++20", "-DWITH_CUDA"]
+
+
+def _cuda_cubins(arch: int, root: Path, cache: Path | None, workdir: Path) -> tuple[list[Path], str, str]:
+    """(cubins for sm_<arch>, ptxas -v log or "", where they came from)."""
+    sources = sorted((root / "csrc").glob("*.cu"))
+    newest = max(p.stat().st_mtime for p in (root / "csrc").iterdir())
+    for library in sorted((root / "fastrel").glob("_C*.so")):
+        if library.stat().st_mtime < newest:
+            continue
+        listed = subprocess.run([_tool("cuobjdump"), "-lelf", str(library)], capture_output=True, text=True).stdout
+        names = [line.split(":")[-1].strip() for line in listed.splitlines() if f".sm_{arch}." in line]
+        if names:
+            for name in names:
+                subprocess.run(
+                    [_tool("cuobjdump"), "-xelf", name, str(library)], cwd=workdir, check=True, capture_output=True
+                )
+            return [workdir / n for n in names], "", f"built library {library.name}"
+    return _nvcc_cubins(arch, root, sources, cache, workdir)
+
+
+def _nvcc_cubins(arch: int, root: Path, sources: list[Path], cache: Path | None, workdir: Path):
+    import sysconfig
+
+    import torch
+    from torch.utils import cpp_extension
+
+    nvcc = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc"
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
+    flags = NVCC_FLAGS + cpp_extension.COMMON_NVCC_FLAGS + [f"-gencode=arch=compute_{arch},code=sm_{arch}"]
+    digest = hashlib.sha256(f"{ANALYSIS_VERSION}|{torch.__version__}|{flags}".encode())
+    for path in sorted((root / "csrc").iterdir()):
+        digest.update(path.read_bytes())
+    key = digest.hexdigest()[:32]
+    cubins, logs = [], []
+    for source in sources:
+        cached = cache / f"cuda-{key}-{source.stem}.sm_{arch}.cubin" if cache else None
+        if cached and cached.exists():
+            cubins.append(cached)
+            logs.append(cached.with_suffix(".log").read_text())
+            continue
+        out = workdir / f"{source.stem}.sm_{arch}.cubin"
+        cmd = [
+            str(nvcc),
+            "-cubin",
+            *flags,
+            *includes,
+            f"-I{root / 'csrc'}",
+            "-Xptxas",
+            "-v",
+            "-o",
+            str(out),
+            str(source),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nvcc failed for {source.name} (sm_{arch}):\n{proc.stderr[-4000:]}")
+        cubins.append(out)
+        logs.append(proc.stderr)
+        if cached:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_bytes(out.read_bytes())
+            cached.with_suffix(".log").write_text(proc.stderr)
+    return cubins, "\n".join(logs), "nvcc -cubin"
+
+
+def _demangle(names: list[str]) -> dict[str, tuple[str, str]]:
+    """mangled name -> (kernel, template arguments)."""
+    text = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    out = {}
+    for mangled, plain in zip(names, text):
+        plain = plain.split("(")[0].removeprefix("void ").replace("fastrel::cuda_kernels::", "").replace("c10::", "")
+        kernel, _, args = plain.partition("<")
+        out[mangled] = (kernel, "<" + args if args else "")
+    return out
+
+
+def cuda_rows(arch: int, root: Path, cache: Path | None) -> list[dict]:
+    """One row per __global__ function of csrc/*.cu compiled for sm_<arch>."""
+    import sass_model
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            cubins, log, origin = _cuda_cubins(arch, root, cache, Path(tmp))
+        except Exception as error:
+            first = str(error).strip().splitlines()[0][:300]
+            return [dict(arch=arch, source="cuda", kernel="csrc/*.cu", variant="", config="", calls=[], error=first)]
+        ptxas = sass_model.parse_ptxas(log)
+        for cubin in cubins:
+            usage = subprocess.run(
+                [_tool("cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True
+            ).stdout
+            resources = dict(re.findall(r"Function (\S+):\s*\n\s*(REG:.*)", usage))
+            functions = sass_model.parse_sass(_cuobjdump_sass(cubin.read_bytes()))
+            names = _demangle(list(functions))
+            for name, instructions in functions.items():
+                fields = dict(re.findall(r"(\w+(?:\[\d+\])?):(\d+)", resources.get(name, "")))
+                loop = sass_model.hottest_loop(instructions, arch)
+                if name in ptxas:
+                    spill_store, spill_load = ptxas[name].spill_store, ptxas[name].spill_load
+                else:
+                    spill_store, spill_load = sass_model.local_bytes(instructions)
+                kernel, variant = names[name]
+                rows.append(
+                    dict(
+                        arch=arch,
+                        source="cuda",
+                        kernel=kernel,
+                        variant=variant,
+                        config="static smem",
+                        calls=[origin],
+                        registers=int(fields.get("REG", 0)),
+                        spill_store=spill_store,
+                        spill_load=spill_load,
+                        stack=int(fields.get("STACK", 0)),
+                        shared=int(fields.get("SHARED", 0)),
+                        shared_limit=SHARED_LIMIT[arch],
+                        ctas_per_sm=None,
+                        mma=sass_model.sass_mma_kind(instructions),
+                        atomics=sass_model.sass_atomics(instructions),
+                        loop=dataclasses.asdict(loop) if loop else None,
+                        kflop_per_iteration=None,
+                    )
+                )
+    return sorted(rows, key=lambda r: (r["kernel"], r["variant"]))
+
+
+# --------------------------------------------------------------------------------------------
 # Orchestration
 
 
@@ -274,11 +408,13 @@ def _worker(args: argparse.Namespace) -> None:
     start = time.time()
     shard = tuple(map(int, args.shard.split("/")))
     rows, source = triton_rows(arch, SETS[args.set][arch], cache, shard)
+    if not args.no_cuda and shard[0] == shard[1] - 1:  # the last shard also reads the CUDA kernels
+        rows += [dict(row, index=100_000 + i) for i, row in enumerate(cuda_rows(arch, Path.cwd(), cache))]
     out = dict(arch=arch, shard=args.shard, kernels_file=source, rows=rows, seconds=round(time.time() - start, 1))
     Path(args.json).write_text(json.dumps(out))
 
 
-def run(root: Path, archs: list[int], kernel_set: str, cache: Path | None, jobs: int) -> dict:
+def run(root: Path, archs: list[int], kernel_set: str, cache: Path | None, jobs: int, cuda: bool = True) -> dict:
     """Run ``jobs`` worker processes per architecture (``jobs`` at a time), each compiling a
     shard of the kernels, and merge their rows."""
     env = dict(os.environ)
@@ -293,6 +429,7 @@ def run(root: Path, archs: list[int], kernel_set: str, cache: Path | None, jobs:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(arch), "--shard", f"{shard}/{jobs}"]
             cmd += ["--set", kernel_set, "--json", str(out)]
             cmd += ["--no-cache"] if cache is None else ["--cache", str(cache)]
+            cmd += [] if cuda else ["--no-cuda"]
             proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"static check for sm_{arch} failed:\n{proc.stdout}\n{proc.stderr}")
@@ -344,7 +481,7 @@ def _cells(row: dict) -> list[str]:
         str(row["registers"]),
         f"{row['spill_store']}/{row['spill_load']}",
         f"{row['shared'] / 1024:.1f} / {row['shared_limit'] // 1024}",
-        str(row["ctas_per_sm"]),
+        "-" if row["ctas_per_sm"] is None else str(row["ctas_per_sm"]),
         row["mma"],
         atomics,
         str(loop.get("instructions", "-")),
@@ -377,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--no-cuda", action="store_true", help="Triton kernels only")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="compiler processes at once")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--shard", default="0/1", help=argparse.SUPPRESS)
@@ -385,7 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         _worker(args)
         return 0
     start = time.time()
-    result = run(args.root.resolve(), args.arch, args.set, None if args.no_cache else args.cache, args.jobs)
+    cache = None if args.no_cache else args.cache
+    result = run(args.root.resolve(), args.arch, args.set, cache, args.jobs, not args.no_cuda)
     result["seconds"] = round(time.time() - start, 1)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
