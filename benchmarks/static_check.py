@@ -86,10 +86,11 @@ def _code_paths(shape: Shape, dtype: str) -> list[Call]:
     return calls + [Call(shape, dtype, "relu", "identity", masked=m) for m in (False, True)]
 
 
-#: "ci" (the test; about 3 minutes on 2 cores with a cold cache): on sm_90 every autotune config
-#: of the timed shapes in bf16, fp32 and the other code paths at the clip shape (one config
-#: each); on sm_80 the paper shape in bf16. "all": every dtype, masks and code path on both.
+#: "ci" (the test): on sm_90 every autotune config of the timed shapes in bf16, fp32 and the other
+#: code paths at the clip shape (one config each); on sm_80 the paper shape in bf16. "paper": the
+#: paper shape in bf16 only (quick iteration on a kernel). "all": every dtype, masks and code path.
 SETS = {
+    "paper": {arch: _timed(("bf16",), (PAPER,)) for arch in (90, 80)},
     "ci": {
         90: _timed(("bf16",), (PAPER, LARGE, CLIP))
         + _timed(("fp32",), (CLIP,))
