@@ -228,8 +228,8 @@ def _every_config_run(config: list[str]) -> Callable:
 
 
 def capture(call: Callable[[], Any], device: Device = H100) -> list[Launch]:
-    """Run ``call`` (which builds its inputs with `fake_inputs` semantics: tensors on "cuda" inside
-    this context) on a pretend ``device`` and return the launches it would make."""
+    """Run ``call`` on a pretend ``device`` and return the launches it would make. Tensors that
+    ``call`` creates on "cuda" are fake: shapes and dtypes, no memory."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     launches: list[Launch] = []

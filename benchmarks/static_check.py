@@ -113,7 +113,7 @@ SETS = {
 
 
 # --------------------------------------------------------------------------------------------
-# Triton: capture, compile, analyse (runs in a worker process per architecture)
+# Triton: capture, compile, analyse (in worker processes, one architecture and shard each)
 
 
 def _run_call(kernels, call: Call) -> None:
