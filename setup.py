@@ -1,7 +1,10 @@
-"""Builds fastrel._C from csrc/: the C++ CPU kernels always, the CUDA kernels when possible.
+"""Builds fastrel._C from csrc/: the C++ CPU kernels always, the CUDA kernels where they can run.
 
-CUDA sources are compiled when torch is a CUDA build and a CUDA toolkit is found;
-FASTREL_BUILD_CUDA=0|1 overrides. TORCH_CUDA_ARCH_LIST defaults to "8.0;9.0" when no GPU is visible.
+CUDA sources are compiled when torch is a CUDA build, a CUDA toolkit is found and a GPU is visible
+(for that GPU's architecture). FASTREL_BUILD_CUDA=1 compiles them without a GPU too (CI; then
+TORCH_CUDA_ARCH_LIST defaults to "8.0;9.0"), FASTREL_BUILD_CUDA=0 never.
+FASTREL_NATIVE=1 tunes the C++ kernels for the building machine (-march=native): for a local build
+only (.ci/setup sets it), never for a wheel that other machines install.
 """
 
 import glob
@@ -13,18 +16,28 @@ from setuptools import setup
 from torch.utils import cpp_extension
 
 
+def _flag(name: str) -> str | None:
+    """An on/off environment switch: "0", "1" or None when unset."""
+    value = os.environ.get(name)
+    if value not in (None, "", "0", "1"):
+        sys.exit(f"{name}: expected 0 or 1, got {value!r}")
+    return value or None
+
+
 def _want_cuda() -> tuple[bool, str]:
-    forced = os.environ.get("FASTREL_BUILD_CUDA")
-    if forced not in (None, "", "0", "1"):
-        sys.exit(f"FASTREL_BUILD_CUDA: expected 0 or 1, got {forced!r}")
+    forced = _flag("FASTREL_BUILD_CUDA")
     if forced == "0":
         return False, "FASTREL_BUILD_CUDA=0"
     if torch.version.cuda is None:
         reason = f"torch {torch.__version__} is not a CUDA build"
     elif cpp_extension.CUDA_HOME is None:
         reason = "no CUDA toolkit found (set CUDA_HOME)"
+    elif forced == "1":
+        return True, f"FASTREL_BUILD_CUDA=1, CUDA {torch.version.cuda}, toolkit at {cpp_extension.CUDA_HOME}"
+    elif not torch.cuda.is_available():
+        reason = "no GPU visible (FASTREL_BUILD_CUDA=1 builds the CUDA kernels anyway)"
     else:
-        return True, f"CUDA {torch.version.cuda}, toolkit at {cpp_extension.CUDA_HOME}"
+        return True, f"CUDA {torch.version.cuda}, toolkit at {cpp_extension.CUDA_HOME}, GPU visible"
     if forced == "1":
         sys.exit(f"FASTREL_BUILD_CUDA=1 but {reason}")
     return False, reason
@@ -33,7 +46,8 @@ def _want_cuda() -> tuple[bool, str]:
 def _extension():
     cuda, why = _want_cuda()
     sources = sorted(glob.glob("csrc/*.cpp"))
-    cxx = ["-O3", "-fopenmp"] + (["-march=native"] if _x86_64() else [])
+    # -g0: no debug information (the interpreter's CFLAGS ask for -g), a faster build.
+    cxx = ["-O3", "-g0", "-fopenmp"] + (["-march=native"] if _flag("FASTREL_NATIVE") == "1" and _x86_64() else [])
     args = {"cxx": cxx}
     defines = []
     if cuda:
