@@ -23,16 +23,16 @@ std::vector<at::Tensor> global_relation_backward_cpu(const at::Tensor& grad, con
                                                      const std::optional<at::Tensor>& key_mask,
                                                      int64_t inner, int64_t outer, bool deterministic);
 
-// The exact sort path for outer = identity, inner = relu or abs (docs/sort_path.md). The forward
-// returns D (B, N, H) = Σ_j m_j δ(a_i − b_j) / max(Σ_j m_j, 1) in float (double for double inputs);
-// the backward takes dL/dD in that dtype and returns {D, da, db} in it.
-at::Tensor global_relation_sort_forward_cpu(const at::Tensor& a, const at::Tensor& b,
-                                            const std::optional<at::Tensor>& key_mask, int64_t inner);
+// The 1-D problem of the exact sort path (docs/sort_path.md), for finite inputs. The forward
+// returns Φ (B, N, C) = Σ_j m_j φ(q_i − s_j) / max(Σ_j m_j, 1) for φ = `activation` (any code) in
+// float (double for double inputs); the backward takes dL/dΦ in that dtype and returns {Φ, dq, ds}.
+at::Tensor global_relation_sort_forward_cpu(const at::Tensor& q, const at::Tensor& s,
+                                            const std::optional<at::Tensor>& key_mask, int64_t activation);
 
-std::vector<at::Tensor> global_relation_sort_backward_cpu(const at::Tensor& grad_mean, const at::Tensor& a,
-                                                          const at::Tensor& b,
+std::vector<at::Tensor> global_relation_sort_backward_cpu(const at::Tensor& grad_mean, const at::Tensor& q,
+                                                          const at::Tensor& s,
                                                           const std::optional<at::Tensor>& key_mask,
-                                                          int64_t inner);
+                                                          int64_t activation);
 
 #ifdef WITH_CUDA
 at::Tensor global_relation_forward_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,

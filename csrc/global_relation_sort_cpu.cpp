@@ -1,9 +1,10 @@
-// The exact sort path of the global relation on the CPU (docs/sort_path.md). For outer = identity
-// and inner = relu or abs, the mean difference D_i = Σ_j m_j δ(a_i − b_j) / n of one channel follows
-// from that channel's valid keys and queries sorted together once and the keys' prefix sums; its
-// backward from the same sort and the prefix sums of the incoming gradient in query order. Parallel
-// over blocks of channels; comparisons on the exact input values, sums in double around the
-// channel's key mean.
+// The exact sort path of the global relation on the CPU (docs/sort_path.md). Its 1-D problem, the
+// mean Φ_i = Σ_j m_j φ(q_i − s_j) / n of one channel for a piecewise-linear φ (relu, leaky_relu,
+// abs, identity), follows from that channel's valid keys and queries sorted together once and the
+// keys' prefix sums; its backward from the same sort and the prefix sums of the incoming gradient in
+// query order. Parallel over blocks of channels; comparisons on the exact input values, sums in
+// double around the channel's key mean. Inputs are finite (fastrel/backends/sort.py sends ±inf and
+// NaN to the torch ops).
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
@@ -184,6 +185,15 @@ void scatter_block(const T* src, int64_t rows, int64_t H, int64_t h0, int64_t wi
   }
 }
 
+// φ(x) = kEvery·x + kAbove·relu(x) + kBelow·relu(−x), so φ'(x) = kEvery + kAbove·[x > 0] − kBelow·[x < 0]:
+// each activation's derivative with its kink convention at 0 (relation_math.h).
+template <int A>
+struct Split {
+  static constexpr double kEvery = A == kIdentity ? 1.0 : (A == kLeakyRelu ? kLeakySlope : 0.0);
+  static constexpr double kAbove = A == kIdentity ? 0.0 : (A == kLeakyRelu ? 1.0 - kLeakySlope : 1.0);
+  static constexpr double kBelow = A == kAbs ? 1.0 : 0.0;
+};
+
 // The work space of one thread: one channel's valid keys and its queries, sorted together, and the
 // prefix sums prefix[t] = Σ_{u<t} (keys[u] − centre) of the keys around their mean.
 template <typename key_t>
@@ -221,30 +231,38 @@ struct Channel {
     for (int64_t t = 0; t < k; ++t) prefix[t + 1] = prefix[t] + (static_cast<double>(sorted.keys[t]) - centre);
   }
 
-  // visit(i, Σ_j δ(q_i − b_j), dΣ/dq_i) for every query, in ascending order of q_i. Keys equal to
-  // q_i contribute 0 to both, as relu'(0) = abs'(0) = 0.
-  template <bool kIsAbs, typename Visit>
+  // visit(i, Σ_j φ(q_i − s_j), dΣ/dq_i) for every query, in ascending order of q_i. Keys equal to
+  // q_i contribute φ(0) = 0 to the sum and kEvery (φ'(0)) to the derivative.
+  template <int A, typename Visit>
   void relate(Visit visit) const {
+    using S = Split<A>;
     const key_t* keys = sorted.keys.data();
     for (int64_t t = 0; t < N; ++t) {
       const key_t q = sorted.queries[t];
       const double qc = static_cast<double>(q) - centre;
-      const int64_t below = sorted.keys_below[t];
-      double total = static_cast<double>(below) * qc - prefix[below];
-      double slope = static_cast<double>(below);
-      if constexpr (kIsAbs) {
-        int64_t not_above = below;  // skip the keys equal to q (rare for real-valued data)
-        while (not_above < k && !(q < keys[not_above])) ++not_above;
-        const int64_t above = k - not_above;
-        total += (prefix[k] - prefix[not_above]) - static_cast<double>(above) * qc;
-        slope -= static_cast<double>(above);
+      const int64_t lower = sorted.keys_below[t];  // keys < q
+      double total = 0.0, slope = 0.0;
+      if constexpr (S::kAbove != 0.0) {
+        total += S::kAbove * (static_cast<double>(lower) * qc - prefix[lower]);
+        slope += S::kAbove * static_cast<double>(lower);
+      }
+      if constexpr (S::kEvery != 0.0) {
+        total += S::kEvery * (static_cast<double>(k) * qc - prefix[k]);
+        slope += S::kEvery * static_cast<double>(k);
+      }
+      if constexpr (S::kBelow != 0.0) {
+        int64_t upper = lower;  // keys ≤ q: skip the keys equal to q (rare for real-valued data)
+        while (upper < k && !(q < keys[upper])) ++upper;
+        const int64_t larger = k - upper;
+        total += S::kBelow * ((prefix[k] - prefix[upper]) - static_cast<double>(larger) * qc);
+        slope -= S::kBelow * static_cast<double>(larger);
       }
       visit(sorted.query_order[t], total, slope);
     }
   }
 };
 
-template <typename scalar_t, bool kIsAbs>
+template <typename scalar_t, int A>
 void forward_kernel(const Inputs<scalar_t>& in, at::opmath_type<scalar_t>* mean) {
   using key_t = at::opmath_type<scalar_t>;
   const int64_t N = in.N, M = in.M, H = in.H;
@@ -260,7 +278,7 @@ void forward_kernel(const Inputs<scalar_t>& in, at::opmath_type<scalar_t>* mean)
         channel.load(key_block.data() + c * M, in.key_mask(task), M, query_block.data() + c * N, N);
         const double n = channel.n();
         key_t* out = mean_block.data() + c * N;
-        channel.template relate<kIsAbs>(
+        channel.template relate<A>(
             [&](int32_t i, double total, double) { out[i] = static_cast<key_t>(total / n); });
       }
       scatter_block(mean_block.data(), N, H, h0, width, mean + batch * N * H);
@@ -268,10 +286,11 @@ void forward_kernel(const Inputs<scalar_t>& in, at::opmath_type<scalar_t>* mean)
   });
 }
 
-// grad (B, N, H) is dL/dD. Writes D (B, N, H), dL/da (B, N, H) and dL/db (B, M, H):
-//   da_i = grad_i · slope(a_i) / n,   db_j = −(Σ_{a_i > b_j} grad_i − [abs] Σ_{a_i < b_j} grad_i) / n,
+// grad (B, N, C) is dL/dΦ. Writes Φ (B, N, C), dL/dq (B, N, C) and dL/ds (B, M, C):
+//   dq_i = grad_i · slope(q_i) / n,
+//   ds_j = −(kEvery Σ_i grad_i + kAbove Σ_{q_i > s_j} grad_i − kBelow Σ_{q_i < s_j} grad_i) / n,
 // the sums read off the prefix sums of grad in ascending query order.
-template <typename scalar_t, bool kIsAbs>
+template <typename scalar_t, int A>
 void backward_kernel(const Inputs<scalar_t>& in, const at::opmath_type<scalar_t>* grad,
                      at::opmath_type<scalar_t>* mean, at::opmath_type<scalar_t>* da,
                      at::opmath_type<scalar_t>* db) {
@@ -293,7 +312,7 @@ void backward_kernel(const Inputs<scalar_t>& in, const at::opmath_type<scalar_t>
         const key_t* g = grad_block.data() + c * N;
         key_t* mean_row = mean_block.data() + c * N;
         key_t* da_row = da_block.data() + c * N;
-        channel.template relate<kIsAbs>([&](int32_t i, double total, double slope) {
+        channel.template relate<A>([&](int32_t i, double total, double slope) {
           mean_row[i] = static_cast<key_t>(total / n);
           da_row[i] = static_cast<key_t>(static_cast<double>(g[i]) * slope / n);
         });
@@ -302,15 +321,16 @@ void backward_kernel(const Inputs<scalar_t>& in, const at::opmath_type<scalar_t>
         for (int64_t t = 0; t < N; ++t) scan[t + 1] = scan[t] + static_cast<double>(g[order[t]]);
         key_t* db_row = db_block.data() + c * M;
         std::fill(db_row, db_row + M, key_t(0));  // masked keys
-        const key_t* queries = channel.sorted.queries.data();
+        [[maybe_unused]] const key_t* queries = channel.sorted.queries.data();
         for (int64_t u = 0; u < channel.k; ++u) {
+          using S = Split<A>;
           const int64_t not_above = channel.sorted.queries_not_above[u];  // #{queries ≤ key}
-          double sum = scan[not_above] - scan[N];
-          if constexpr (kIsAbs) {
+          double sum = S::kAbove * (scan[not_above] - scan[N]) - S::kEvery * scan[N];
+          if constexpr (S::kBelow != 0.0) {
             const key_t key = channel.sorted.keys[u];
             int64_t below = not_above;  // #{queries < key}: skip the queries equal to it
             while (below > 0 && !(queries[below - 1] < key)) --below;
-            sum += scan[below];
+            sum += S::kBelow * scan[below];
           }
           db_row[channel.key_index[channel.sorted.key_order[u]]] = static_cast<key_t>(sum / n);
         }
@@ -332,11 +352,32 @@ void check_inputs(const at::Tensor& a, const at::Tensor& b, const std::optional<
 
 at::ScalarType opmath_of(at::ScalarType type) { return accumulation_type(type); }
 
+// Every activation a 1-D problem can have (docs/sort_path.md).
+void check_activation(int64_t activation) {
+  TORCH_CHECK(activation == kIdentity || activation == kRelu || activation == kLeakyRelu || activation == kAbs,
+              "sort path: expected activation identity (", int(kIdentity), "), relu (", int(kRelu),
+              "), leaky_relu (", int(kLeakyRelu), ") or abs (", int(kAbs), "), got ", activation);
+}
+
+// Calls kernel.template operator()<A>() with the activation code as a compile-time constant.
+template <typename Kernel>
+void dispatch_activation(int64_t activation, Kernel&& kernel) {
+  switch (activation) {
+    case kIdentity: kernel.template operator()<kIdentity>(); break;
+    case kRelu: kernel.template operator()<kRelu>(); break;
+    case kLeakyRelu: kernel.template operator()<kLeakyRelu>(); break;
+    default: kernel.template operator()<kAbs>(); break;
+  }
+}
+
 }  // namespace
 
+// `activation` is φ of the 1-D problem: the inner activation when outer = identity, the outer one
+// when inner = identity. check_inputs checks the tensors; check_activation the code.
 at::Tensor global_relation_sort_forward_cpu(const at::Tensor& a, const at::Tensor& b,
-                                            const std::optional<at::Tensor>& key_mask, int64_t inner) {
-  check_inputs(a, b, key_mask, inner);
+                                            const std::optional<at::Tensor>& key_mask, int64_t activation) {
+  check_activation(activation);
+  check_inputs(a, b, key_mask, kRelu);
   const int64_t B = a.size(0), N = a.size(1), H = a.size(2), M = b.size(1);
   const at::Tensor queries = a.contiguous();
   const at::Tensor keys = b.contiguous();
@@ -346,8 +387,7 @@ at::Tensor global_relation_sort_forward_cpu(const at::Tensor& a, const at::Tenso
     using key_t = at::opmath_type<scalar_t>;
     const Inputs<scalar_t> in{queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(),
                                 mask.defined() ? mask.data_ptr<bool>() : nullptr, B, H, N, M};
-    if (inner == kAbs) forward_kernel<scalar_t, true>(in, mean.data_ptr<key_t>());
-    else forward_kernel<scalar_t, false>(in, mean.data_ptr<key_t>());
+    dispatch_activation(activation, [&]<int A>() { forward_kernel<scalar_t, A>(in, mean.data_ptr<key_t>()); });
   });
   return mean;
 }
@@ -355,8 +395,9 @@ at::Tensor global_relation_sort_forward_cpu(const at::Tensor& a, const at::Tenso
 std::vector<at::Tensor> global_relation_sort_backward_cpu(const at::Tensor& grad_mean, const at::Tensor& a,
                                                           const at::Tensor& b,
                                                           const std::optional<at::Tensor>& key_mask,
-                                                          int64_t inner) {
-  check_inputs(a, b, key_mask, inner);
+                                                          int64_t activation) {
+  check_activation(activation);
+  check_inputs(a, b, key_mask, kRelu);
   const int64_t B = a.size(0), N = a.size(1), H = a.size(2), M = b.size(1);
   const at::ScalarType opmath = opmath_of(a.scalar_type());
   check_grad(grad_mean, "grad_mean", a.sizes(), opmath, a, /*contiguous=*/false);
@@ -372,13 +413,10 @@ std::vector<at::Tensor> global_relation_sort_backward_cpu(const at::Tensor& grad
     using key_t = at::opmath_type<scalar_t>;
     const Inputs<scalar_t> in{queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(),
                                 mask.defined() ? mask.data_ptr<bool>() : nullptr, B, H, N, M};
-    if (inner == kAbs) {
-      backward_kernel<scalar_t, true>(in, grad.data_ptr<key_t>(), mean.data_ptr<key_t>(), da.data_ptr<key_t>(),
-                                      db.data_ptr<key_t>());
-    } else {
-      backward_kernel<scalar_t, false>(in, grad.data_ptr<key_t>(), mean.data_ptr<key_t>(), da.data_ptr<key_t>(),
-                                       db.data_ptr<key_t>());
-    }
+    dispatch_activation(activation, [&]<int A>() {
+      backward_kernel<scalar_t, A>(in, grad.data_ptr<key_t>(), mean.data_ptr<key_t>(), da.data_ptr<key_t>(),
+                                   db.data_ptr<key_t>());
+    });
   });
   return {mean, da, db};
 }

@@ -35,7 +35,7 @@ def _assert_close_gradients(x: dict, y: dict) -> None:
 @pytest.mark.parametrize("name", CPU_BACKENDS)
 def test_rgsa_on_any_backend_matches_the_reference_backend(name):
     usable(name)
-    kwargs = {"outer": "identity"} if "relu" not in BACKENDS[name].outer else {}
+    kwargs = {} if ("relu", "relu") in BACKENDS[name].supported_pairs else {"outer": "identity"}
     reference, fused = _pair(fastrel.RGSA, name, **kwargs)
     x = torch.randn(3, 32, 5, 3, dtype=torch.float64)
     results = []
@@ -51,7 +51,7 @@ def test_rgsa_on_any_backend_matches_the_reference_backend(name):
 @pytest.mark.parametrize("name", CPU_BACKENDS)
 def test_rgtr_on_any_backend_matches_the_reference_backend(name):
     usable(name)
-    kwargs = {"outer": "identity"} if "relu" not in BACKENDS[name].outer else {}
+    kwargs = {} if ("relu", "relu") in BACKENDS[name].supported_pairs else {"outer": "identity"}
     reference, fused = _pair(fastrel.RGTR, name, **kwargs)
     x = torch.randn(4, 6, 32, dtype=torch.float64)
     lengths = torch.tensor([6, 3, 1, 0])

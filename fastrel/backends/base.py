@@ -97,6 +97,15 @@ class Backend:
     deterministic: bool = True
     #: The classes of calls where ``auto`` prefers this backend to the registry order, with why.
     preferred: tuple[Preference, ...] = ()
+    #: The (inner, outer) pairs it computes, where that is not every pair of ``inner`` × ``outer``.
+    pairs: Optional[tuple[tuple[str, str], ...]] = None
+
+    @property
+    def supported_pairs(self) -> tuple[tuple[str, str], ...]:
+        """Every (inner, outer) pair this backend accepts."""
+        if self.pairs is not None:
+            return self.pairs
+        return tuple((inner, outer) for inner in self.inner for outer in self.outer)
 
     @functools.cached_property
     def unavailable(self) -> Optional[str]:
@@ -121,6 +130,9 @@ class Backend:
             return f"backend {self.name!r} supports inner in {list(self.inner)}, got {inner!r}"
         if outer not in self.outer:
             return f"backend {self.name!r} supports outer in {list(self.outer)}, got {outer!r}"
+        if (inner, outer) not in self.supported_pairs:
+            names = ", ".join(f"{i}/{o}" for i, o in self.supported_pairs)
+            return f"backend {self.name!r} supports inner/outer pairs {names}, got {inner}/{outer}"
         if deterministic and not self.deterministic:
             return f"backend {self.name!r} cannot run in deterministic mode"
         return None
