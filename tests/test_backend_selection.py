@@ -48,7 +48,8 @@ def test_fp64_goes_to_cuda_at_every_size(gpu_machine, shape):
 @pytest.mark.parametrize("shape", [RGTR_CLIP, PAPER_RGSA], ids=["clip", "large"])
 def test_the_exact_sort_path_comes_first_wherever_it_applies(gpu_machine, shape):
     assert auto(shape=shape, inner="relu", outer="identity") == "sort"
-    assert auto(shape=shape, inner="leaky_relu", outer="identity") != "sort"
+    assert auto(shape=shape, inner="identity", outer="relu") == "sort"
+    assert auto(shape=shape, inner="relu", outer="relu") != "sort"
 
 
 def test_without_sizes_only_size_free_preferences_apply(gpu_machine):
