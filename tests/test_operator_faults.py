@@ -33,12 +33,11 @@ def _device_dtype(name: str) -> tuple[str, torch.dtype]:
 
 
 def _activations(name: str, inner: str = "relu", outer: str = "relu") -> tuple[str, str]:
-    """``inner``/``outer`` where the backend supports them, else its first supported ones."""
+    """``(inner, outer)`` where the backend supports the pair, else its first supported pair."""
     if name == "oracle":
         return inner, outer
-    backend = BACKENDS[name]
-    return (inner if inner in backend.inner else backend.inner[0],
-            outer if outer in backend.outer else backend.outer[0])
+    pairs = BACKENDS[name].supported_pairs
+    return (inner, outer) if (inner, outer) in pairs else pairs[0]
 
 
 def _call(name, a, b, weight, bias, grad, **options):
@@ -67,9 +66,8 @@ def test_zero_hidden_size_gives_sigma_of_bias_on_rows_with_a_valid_key(name):
     mask[0] = False  # batch element 0 has no valid key
     grad = torch.randn(B, N, R, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     grad = grad.to(device=device, dtype=dtype)
-    outers = activations.OUTER if name == "oracle" else BACKENDS[name].outer
-    for outer in outers:
-        inner, _ = _activations(name)
+    pairs = [("relu", o) for o in activations.OUTER] if name == "oracle" else BACKENDS[name].supported_pairs
+    for inner, outer in dict((o, (i, o)) for i, o in pairs).values():  # one pair per outer activation
         a = torch.empty(B, N, 0, dtype=dtype, device=device)
         b = torch.empty(B, M, 0, dtype=dtype, device=device)
         weight = torch.empty(R, 0, dtype=dtype, device=device)

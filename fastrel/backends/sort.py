@@ -108,6 +108,7 @@ class _SortedKeys:
             float("-inf"): (valid & (keys == float("-inf"))).sum(dim=-1, keepdim=True),
             float("nan"): (valid & torch.isnan(keys)).sum(dim=-1, keepdim=True),
         }
+        self.nans = self.special[next(v for v in self.special if v != v)]  # NaN ≠ NaN: no lookup by value
         self.sorted = torch.sort(keys.masked_fill(~finite, float("inf")), dim=-1, stable=True).values.contiguous()
         in_prefix = torch.arange(M, device=s.device) < self.finite  # (B, C, M)
         wide = torch.where(in_prefix, self.sorted.to(SUM_DTYPE), 0.0)
@@ -134,14 +135,21 @@ class _SortedKeys:
         # query there too. Each such group adds count · φ(q − value), and nothing when it is empty
         # (a select, never 0 · inf).
         wide = queries.to(SUM_DTYPE)
-        phi = lambda x: activations.apply(x, act)  # noqa: E731
+        phi = lambda x: activations.activate(x, act)  # noqa: E731
         total = torch.where(torch.isfinite(wide), total, torch.where(k > 0, k * phi(wide), 0.0))
         for value, count in self.special.items():
             total = total + torch.where(count > 0, count * phi(wide - value), 0.0)
         smaller = lower + self.special[float("-inf")] * (wide > float("-inf"))  # keys < q
         larger = (k - upper) + self.special[float("inf")] * (wide < float("inf"))  # keys > q
         slope = every * self.count.to(SUM_DTYPE) + above * smaller.to(SUM_DTYPE) - below * larger.to(SUM_DTYPE)
+        # A NaN key is neither smaller nor larger than q: it has added `every`; φ'(NaN) is autograd's.
+        slope = slope + self.nans * (_slope_at_nan(act) - every)
         return total, slope
+
+
+def _slope_at_nan(act: str) -> float:
+    """φ'(NaN) as autograd takes it (docs/math.md): 1 for relu and identity, the slope for leaky_relu, 0 for abs."""
+    return float(activations.derivative(torch.tensor(float("nan"), dtype=SUM_DTYPE), act))
 
 
 def _torch_mean_activation(q: Tensor, s: Tensor, key_mask: Tensor | None, act: str) -> Tensor:
@@ -173,6 +181,7 @@ def _torch_mean_activation_backward(
     ds = above * (not_above - everything) - every * everything
     if below:
         ds = ds + below * scan.gather(-1, torch.searchsorted(sorted_queries, lookup, side="left"))
+    ds = torch.where(torch.isnan(lookup), -_slope_at_nan(act) * everything, ds)  # φ'(q − NaN) for every q
     ds = torch.where(keys.valid, ds, 0.0)
     mean = (total / keys.n).to(dtype).transpose(1, 2).contiguous()
     return mean, dq.to(dtype).transpose(1, 2).contiguous(), ds.to(dtype).transpose(1, 2).contiguous()
@@ -183,8 +192,14 @@ def _torch_mean_activation_backward(
 # --------------------------------------------------------------------------------------------
 
 
+def _without_excluded(s: Tensor, key_mask: Tensor | None) -> Tensor:
+    """Keys with the excluded ones set to 0: their stored values (NaN, ±inf) never reach a path."""
+    return s if key_mask is None else s.masked_fill(~key_mask[:, :, None], 0.0)
+
+
 def mean_activation(q: Tensor, s: Tensor, key_mask: Tensor | None, act: str) -> Tensor:
     """Φ (B, N, C) = Σ_j m_j φ(q_i − s_j) / max(Σ_j m_j, 1), in compute_dtype(q.dtype)."""
+    s = _without_excluded(s, key_mask)
     if _use_native(q, s):
         return native().global_relation_sort_forward_cpu(q, s, key_mask, activations.CODES[act])
     return _torch_mean_activation(q, s, key_mask, act)
@@ -194,6 +209,7 @@ def mean_activation_backward(
     grad_mean: Tensor, q: Tensor, s: Tensor, key_mask: Tensor | None, act: str
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(Φ, dL/dq, dL/ds) given dL/dΦ (B, N, C), in compute_dtype(q.dtype)."""
+    s = _without_excluded(s, key_mask)
     if _use_native(q, s):
         mean, dq, ds = native().global_relation_sort_backward_cpu(grad_mean, q, s, key_mask, activations.CODES[act])
         return mean, dq, ds

@@ -4,9 +4,6 @@
 // The emulation header must come first.
 #include "global_relation_cuda.cu"
 
-#include <cmath>
-#include <limits>
-
 namespace {
 
 // Sets the emulated device's limits (a value < 0 keeps the current one) and clears its counters.
@@ -20,10 +17,6 @@ void configure(int multiprocessors, int shared_optin, int64_t max_grid_yz) {
   d.dynamic_limit.clear();
 }
 
-bool relu_propagates_nan() {
-  return std::isnan(fastrel::activate<fastrel::kRelu>(std::numeric_limits<float>::quiet_NaN()));
-}
-
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -35,6 +28,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("atomics", [] { return emulation::device.atomics; }, "atomic operations since configure()");
   m.def("most_dynamic_shared", [] { return emulation::device.most_dynamic_shared; },
         "largest dynamic shared memory of a launch since configure(), bytes");
-  m.def("relu_propagates_nan", &relu_propagates_nan, "relation_math.h's relu(NaN) is NaN");
   m.attr("max_clip_items") = fastrel::cuda_kernels::kMaxClipItems;
 }
