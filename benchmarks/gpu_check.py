@@ -221,7 +221,7 @@ def _smoke(names: list[str], dry: bool, path: Path) -> bool:
     ok = True
     for name in names:
         backend = backends.get(name)
-        pairs = [(inner, outer) for inner in backend.inner for outer in backend.outer]
+        pairs = backend.supported_pairs
         for k, (shape, dtype) in enumerate((s, d) for s in shapes for d in DTYPES.values()):
             inner, outer = pairs[k % len(pairs)]
             deterministic = backend.deterministic and (k // 2) % 2 == 0
