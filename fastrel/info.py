@@ -52,10 +52,11 @@ def report() -> str:
     for backend in BACKENDS.values():
         status = "available" if backend.unavailable is None else "unavailable"
         dtypes = ",".join(str(d).removeprefix("torch.") for d in backend.dtypes)
-        lines.append(
-            f"{backend.name:<10} {status:<11} {','.join(backend.devices)} / {dtypes} / "
-            f"inner {','.join(backend.inner)}; outer {','.join(backend.outer)}"
-        )
+        if backend.pairs is None:
+            pairs = f"inner {','.join(backend.inner)}; outer {','.join(backend.outer)}"
+        else:
+            pairs = "inner/outer " + ",".join(f"{i}/{o}" for i, o in backend.pairs)
+        lines.append(f"{backend.name:<10} {status:<11} {','.join(backend.devices)} / {dtypes} / {pairs}")
         lines.append(f"{'':<22} {backend.summary}")
         for preference in backend.preferred:
             lines.append(f"{'':<22} auto prefers it for {preference.describe()}")
