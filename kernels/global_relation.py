@@ -29,7 +29,7 @@ import triton.language as tl
 from fastrel import activations
 from fastrel.kernels import launch
 from fastrel.kernels.activation import activation
-from fastrel.kernels.global_relation_backward import backward_keys_kernel, backward_rows_kernel, valid_keys
+from fastrel.kernels.global_relation_backward import backward_keys_kernel, backward_rows_kernel, round_to, valid_keys
 from fastrel.kernels.pair_sum import has_keys, identity_backward, identity_forward
 
 Tensor = torch.Tensor
@@ -96,7 +96,7 @@ def _forward_kernel(
         for j0 in range(0, M, BLOCK_J):
             keys = j0 + tl.arange(0, BLOCK_J)
             b_tile = _load_rows(b_ptr, bat, keys, M, h, H).to(DIFF)
-            p = activation(_pair_difference(a_tile, b_tile), INNER).to(io_dtype).to(DOT)
+            p = round_to(activation(_pair_difference(a_tile, b_tile), INNER), io_dtype).to(DOT)
             z = tl.dot(p, wt, input_precision=PRECISION, out_dtype=ACC)
             if HAS_BIAS:
                 z += bias[None, :]
@@ -105,7 +105,7 @@ def _forward_kernel(
         g = tl.sum(tl.reshape(acc, (BLOCK_I, BLOCK_J, BLOCK_R)), axis=1) * tl.load(inv_count_ptr + bat)
         tl.store(
             g_ptr + (bat * N + rows[:, None]) * R + r[None, :],
-            g.to(g_ptr.dtype.element_ty),
+            round_to(g, g_ptr.dtype.element_ty),
             mask=(rows < N)[:, None] & (r < R)[None, :],
         )
 
