@@ -11,7 +11,7 @@ never sits in a grid axis. No (i, j) tile reaches memory; the backward recompute
 Forward: per work item, the a-tile is loaded once; per key tile, z = p W_rᵀ + β_r for all of R
 (one dot, K = H), r = σ(z) accumulated per pair slot and folded to rows at the end.
 
-Backward (docs/math.md) splits R into slices of BACKWARD_R_SLICE across programs: every product is
+Backward (docs/math.md) splits R into slices (launch.r_slice) across programs: every product is
 then computed exactly once over all slices (z, dp and dW_r, three dots of the forward's size), and
 a slice of dW_r fits in registers for the program's whole walk. The row pass owns BLOCK_I rows
 and loops over keys: dz = m σ'(z) G/n, dp = dz W_r, du = δ'(d) ⊙ dp; da_i = Σ_j du accumulates in
@@ -171,8 +171,8 @@ def forward(
     g = torch.empty(B, N, R, dtype=a.dtype, device=a.device)
     if g.numel() == 0:
         return g
-    block_r = min(launch.pow2(R), launch.FORWARD_MAX_R)
     tile, tune = _tile(N, M, launch.FORWARD_FIXED, deterministic=False)
+    block_r = launch.r_slice(a, R, forward=True)
     grid = (launch.programs(a, B * N), triton.cdiv(R, block_r))
     args = (a, b, weight, bias if bias is not None else weight, m if m is not None else inv_count, inv_count, g)
     meta = dict(_pair_meta(a, bias, m, inner, outer), BLOCK_H=launch.pow2(H), BLOCK_R=block_r)
@@ -206,7 +206,7 @@ def backward(
     if H == 0:
         return _no_hidden_backward(grad, a, b, weight, bias, m, inv_count, outer)
     acc, _ = launch.acc_dtypes(a.dtype)
-    block_r = min(launch.pow2(R), launch.BACKWARD_R_SLICE)
+    block_r = launch.r_slice(a, R, forward=False, small_set=launch.small_set_tile(N, M) is not None)
     slices = triton.cdiv(R, block_r)
     programs = launch.programs(a, B * N)
     da_part = torch.empty(slices, B, N, H, dtype=acc, device=a.device)
@@ -216,8 +216,9 @@ def backward(
     inputs = (a, b, weight, bias if bias is not None else weight, m if m is not None else inv_count, inv_count, grad)
     meta = dict(_pair_meta(a, bias, m, inner, outer), BLOCK_H=launch.pow2(H, 2 * launch.MIN_DOT), BLOCK_R=block_r)
 
+    fixed, tunable = launch.backward_tile(a)
     with launch.on_device(a):
-        tile, tune = _tile(N, M, launch.BACKWARD_FIXED, deterministic)
+        tile, tune = _tile(N, M, fixed, deterministic or not tunable)
         outputs = (da_part, dw_part, dbias_part, db_atomic if db_atomic is not None else da_part)
         launch.launch(
             backward_rows_kernel, _backward_rows_tuned, (programs, slices), tile, tune,
@@ -225,7 +226,7 @@ def backward(
         )  # fmt: skip
         if deterministic:
             db_part = torch.empty(slices, B, M, H, dtype=acc, device=a.device)
-            tile, _ = _tile(N, M, launch.BACKWARD_FIXED, deterministic)
+            tile, _ = _tile(N, M, fixed, deterministic)
             launch.launch(
                 backward_keys_kernel, None, (launch.programs(a, B * M), slices), tile, False,
                 (*inputs, db_part, B, N, M, H, R), meta,

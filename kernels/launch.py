@@ -21,10 +21,16 @@ from fastrel.kernels import interpreting
 MIN_PAIRS = 64
 #: The smallest dimension tl.dot takes; the backward splits H into two halves of at least this.
 MIN_DOT = 16
-#: The backward splits R into slices of this size across programs (one dW_r slice per program
-#: stays in registers); the forward keeps all of R up to FORWARD_MAX_R per program.
-BACKWARD_R_SLICE = 64
+#: R per program (grid axis 1 holds the slices). The forward keeps all of R up to FORWARD_MAX_R.
+#: The backward splits R into slices, so that one dW_r slice stays in registers for a program's
+#: whole walk: 64 on sm_90 for tiles of several steps, 32 for the one-step tile of a small set
+#: (more of its accumulators sit in registers), 16 on sm_80 (mma.sync keeps all of them there).
+#: fp32 without TF32 multiplies with FMA, whose operands are in registers too: 16 both ways.
 FORWARD_MAX_R = 256
+BACKWARD_R_SLICE = 64
+BACKWARD_R_SLICE_REGISTERS = 32
+BACKWARD_R_SLICE_SM80 = 16
+IEEE_R_SLICE = 16
 #: Persistent programs per multiprocessor; under the interpreter a few programs, so that each
 #: one still walks several work items.
 PROGRAMS_PER_SM = 2
@@ -41,6 +47,9 @@ BACKWARD_TILES: list[Tile] = [(2, 32, 8, 2)]
 #: always in deterministic mode (the tile fixes the order of every sum).
 FORWARD_FIXED: Tile = FORWARD_TILES[0]
 BACKWARD_FIXED: Tile = BACKWARD_TILES[0]
+#: sm_80 (mma.sync: every accumulator in registers, no 64-row MMA to fill) runs the backward with
+#: this tile, half the pairs, without autotuning.
+BACKWARD_FIXED_SM80: Tile = (2, 16, 8, 2)
 #: Warps of the elementwise identity-path kernel (kernels/pair_sum.py).
 PAIR_SUM_WARPS = 4
 
@@ -83,6 +92,33 @@ def launch(kernel, tuned, grid, tile: Tile, tune: bool, args, meta) -> None:
 @functools.cache
 def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _capability(x: torch.Tensor) -> int:
+    """Compute capability major of x's GPU (9 under the interpreter)."""
+    return torch.cuda.get_device_capability(x.device)[0] if x.device.type == "cuda" else 9
+
+
+def backward_tile(x: torch.Tensor) -> tuple[Tile, bool]:
+    """(the backward's fixed tile on x's device, whether the autotune list applies there)."""
+    if x.device.type == "cuda" and _capability(x) < 9:
+        return BACKWARD_FIXED_SM80, False
+    return BACKWARD_FIXED, True
+
+
+def r_slice(x: torch.Tensor, R: int, forward: bool, small_set: bool = False) -> int:
+    """BLOCK_R of a forward or backward launch on x's device (see FORWARD_MAX_R)."""
+    if x.device.type == "cuda" and precision(x.dtype) == "ieee":
+        limit = IEEE_R_SLICE
+    elif forward:
+        limit = FORWARD_MAX_R
+    elif _capability(x) < 9:
+        limit = BACKWARD_R_SLICE_SM80
+    elif small_set:
+        limit = BACKWARD_R_SLICE_REGISTERS
+    else:
+        limit = BACKWARD_R_SLICE
+    return min(pow2(R), limit)
 
 
 def programs(x: torch.Tensor, items: int) -> int:

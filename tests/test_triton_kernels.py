@@ -55,7 +55,7 @@ def test_no_hidden_channels_give_the_bias_relation_on_rows_with_a_valid_key(oute
     has_key = t["key_mask"].any(dim=1).double()[:, None, None]
     beta = t["bias"]
     out, (da, db, dweight, dbias) = run(problem, NAME, torch.float64, device)
-    expected = activations.apply(beta, outer) * has_key.expand(2, 3, 5)
+    expected = activations.activate(beta, outer) * has_key.expand(2, 3, 5)
     assert rel_error(out, expected) <= 1e-12
     expected_dbias = activations.derivative(beta, outer) * (t["grad"] * has_key).sum(dim=(0, 1))
     assert rel_error(dbias, expected_dbias) <= 1e-12
