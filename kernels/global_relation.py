@@ -206,7 +206,7 @@ def backward(
     if H == 0:
         return _no_hidden_backward(grad, a, b, weight, bias, m, inv_count, outer)
     acc, _ = launch.acc_dtypes(a.dtype)
-    block_r = launch.r_slice(a, R, forward=False, small_set=launch.small_set_tile(N, M) is not None)
+    block_r = launch.r_slice(a, R, forward=False)
     slices = triton.cdiv(R, block_r)
     programs = launch.programs(a, B * N)
     da_part = torch.empty(slices, B, N, H, dtype=acc, device=a.device)
@@ -216,9 +216,8 @@ def backward(
     inputs = (a, b, weight, bias if bias is not None else weight, m if m is not None else inv_count, inv_count, grad)
     meta = dict(_pair_meta(a, bias, m, inner, outer), BLOCK_H=launch.pow2(H, 2 * launch.MIN_DOT), BLOCK_R=block_r)
 
-    fixed, tunable = launch.backward_tile(a)
+    tile, tune = launch.backward_tile(a, N, M, deterministic)
     with launch.on_device(a):
-        tile, tune = _tile(N, M, fixed, deterministic or not tunable)
         outputs = (da_part, dw_part, dbias_part, db_atomic if db_atomic is not None else da_part)
         launch.launch(
             backward_rows_kernel, _backward_rows_tuned, (programs, slices), tile, tune,
@@ -226,7 +225,6 @@ def backward(
         )  # fmt: skip
         if deterministic:
             db_part = torch.empty(slices, B, M, H, dtype=acc, device=a.device)
-            tile, _ = _tile(N, M, fixed, deterministic)
             launch.launch(
                 backward_keys_kernel, None, (launch.programs(a, B * M), slices), tile, False,
                 (*inputs, db_part, B, N, M, H, R), meta,

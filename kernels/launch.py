@@ -23,12 +23,10 @@ MIN_PAIRS = 64
 MIN_DOT = 16
 #: R per program (grid axis 1 holds the slices). The forward keeps all of R up to FORWARD_MAX_R.
 #: The backward splits R into slices, so that one dW_r slice stays in registers for a program's
-#: whole walk: 64 on sm_90 for tiles of several steps, 32 for the one-step tile of a small set
-#: (more of its accumulators sit in registers), 16 on sm_80 (mma.sync keeps all of them there).
+#: whole walk: 64 on sm_90, 16 on sm_80 (mma.sync keeps every accumulator in registers).
 #: fp32 without TF32 multiplies with FMA, whose operands are in registers too: 16 both ways.
 FORWARD_MAX_R = 256
 BACKWARD_R_SLICE = 64
-BACKWARD_R_SLICE_REGISTERS = 32
 BACKWARD_R_SLICE_SM80 = 16
 IEEE_R_SLICE = 16
 #: Persistent programs per multiprocessor; under the interpreter a few programs, so that each
@@ -50,6 +48,8 @@ BACKWARD_FIXED: Tile = BACKWARD_TILES[0]
 #: sm_80 (mma.sync: every accumulator in registers, no 64-row MMA to fill) runs the backward with
 #: this tile, half the pairs, without autotuning.
 BACKWARD_FIXED_SM80: Tile = (2, 16, 8, 2)
+#: fp32 without TF32 multiplies with FMA (no MMA shape to fill, operands in registers): 16 pairs.
+IEEE_BACKWARD_TILE: Tile = (2, 8, 8, 1)
 #: Warps of the elementwise identity-path kernel (kernels/pair_sum.py).
 PAIR_SUM_WARPS = 4
 
@@ -99,14 +99,20 @@ def _capability(x: torch.Tensor) -> int:
     return torch.cuda.get_device_capability(x.device)[0] if x.device.type == "cuda" else 9
 
 
-def backward_tile(x: torch.Tensor) -> tuple[Tile, bool]:
-    """(the backward's fixed tile on x's device, whether the autotune list applies there)."""
+def backward_tile(x: torch.Tensor, n_own: int, n_loop: int, deterministic: bool) -> tuple[Tile, bool]:
+    """(tile, autotune?) of both backward passes on x's device: the fixed tile of fp32 without TF32,
+    of a small set or of sm_80, else the autotune list (the fixed tile in deterministic mode)."""
+    if x.device.type == "cuda" and precision(x.dtype) == "ieee":
+        return IEEE_BACKWARD_TILE, False
+    small = small_set_tile(n_own, n_loop)
+    if small is not None:
+        return (*small, BACKWARD_FIXED[2], BACKWARD_FIXED[3]), False
     if x.device.type == "cuda" and _capability(x) < 9:
         return BACKWARD_FIXED_SM80, False
-    return BACKWARD_FIXED, True
+    return BACKWARD_FIXED, not deterministic
 
 
-def r_slice(x: torch.Tensor, R: int, forward: bool, small_set: bool = False) -> int:
+def r_slice(x: torch.Tensor, R: int, forward: bool) -> int:
     """BLOCK_R of a forward or backward launch on x's device (see FORWARD_MAX_R)."""
     if x.device.type == "cuda" and precision(x.dtype) == "ieee":
         limit = IEEE_R_SLICE
@@ -114,8 +120,6 @@ def r_slice(x: torch.Tensor, R: int, forward: bool, small_set: bool = False) -> 
         limit = FORWARD_MAX_R
     elif _capability(x) < 9:
         limit = BACKWARD_R_SLICE_SM80
-    elif small_set:
-        limit = BACKWARD_R_SLICE_REGISTERS
     else:
         limit = BACKWARD_R_SLICE
     return min(pow2(R), limit)
