@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from conftest import usable
 
 import fastrel
 from fastrel import activations
+from fastrel.kernels import launch
 from fastrel.kernels.global_relation_backward import round_to
 
 NAME = "triton"
@@ -123,3 +125,25 @@ def test_deterministic_backward_is_bitwise_equal_across_processes():
         for _ in range(2)
     ]
     assert len(outputs[0]) > 0 and outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize(
+    "capability, dtype, tile, r_slice",
+    [
+        (9, torch.bfloat16, launch.BACKWARD_FIXED, launch.BACKWARD_R_SLICE),
+        (8, torch.bfloat16, launch.BACKWARD_FIXED_SM80, launch.BACKWARD_R_SLICE_SM80),
+        (9, torch.float32, launch.IEEE_BACKWARD_TILE, launch.IEEE_R_SLICE),
+        (8, torch.float32, launch.IEEE_BACKWARD_TILE, launch.IEEE_R_SLICE),
+    ],
+)
+def test_backward_tile_and_r_slice_follow_the_device_capability(monkeypatch, capability, dtype, tile, r_slice):
+    """The tiles the static check compiles without spills are the ones the host picks per device."""
+    monkeypatch.setattr(launch, "_capability", lambda x: capability)
+    x = SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
+    previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+    try:
+        assert launch.backward_tile(x, 128, 128, deterministic=True) == (tile, False)
+        assert launch.r_slice(x, 128, forward=False) == r_slice
+        assert launch.r_slice(x, 128, forward=True) == (launch.IEEE_R_SLICE if dtype == torch.float32 else 128)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
