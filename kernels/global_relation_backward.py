@@ -26,9 +26,10 @@ def round_to(x, DTYPE: tl.constexpr):
     """x rounded to DTYPE, to nearest even as on GPUs (and in PyTorch), also under the interpreter."""
     if BF16_BY_BITS:
         if DTYPE == tl.bfloat16:
-            bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+            x = x.to(tl.float32)
+            bits = x.to(tl.uint32, bitcast=True)
             bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-            x = bits.to(tl.float32, bitcast=True)
+            x = tl.where(x != x, x, bits.to(tl.float32, bitcast=True))  # NaN stays NaN
     return x.to(DTYPE)
 
 
