@@ -11,7 +11,7 @@ never sits in a grid axis. No (i, j) tile reaches memory; the backward recompute
 Forward: per work item, the a-tile is loaded once; per key tile, z = p W_rᵀ + β_r for all of R
 (one dot, K = H), r = σ(z) accumulated per pair slot and folded to rows at the end.
 
-Backward (docs/math.md) splits R into slices of BACKWARD_R_SLICE across programs: every product is
+Backward (docs/math.md) splits R into slices (launch.r_slice) across programs: every product is
 then computed exactly once over all slices (z, dp and dW_r, three dots of the forward's size), and
 a slice of dW_r fits in registers for the program's whole walk. The row pass owns BLOCK_I rows
 and loops over keys: dz = m σ'(z) G/n, dp = dz W_r, du = δ'(d) ⊙ dp; da_i = Σ_j du accumulates in
@@ -29,7 +29,7 @@ import triton.language as tl
 from fastrel import activations
 from fastrel.kernels import launch
 from fastrel.kernels.activation import activation
-from fastrel.kernels.global_relation_backward import backward_keys_kernel, backward_rows_kernel, valid_keys
+from fastrel.kernels.global_relation_backward import backward_keys_kernel, backward_rows_kernel, round_to, valid_keys
 from fastrel.kernels.pair_sum import has_keys, identity_backward, identity_forward
 
 Tensor = torch.Tensor
@@ -96,7 +96,7 @@ def _forward_kernel(
         for j0 in range(0, M, BLOCK_J):
             keys = j0 + tl.arange(0, BLOCK_J)
             b_tile = _load_rows(b_ptr, bat, keys, M, h, H).to(DIFF)
-            p = activation(_pair_difference(a_tile, b_tile), INNER).to(io_dtype).to(DOT)
+            p = round_to(activation(_pair_difference(a_tile, b_tile), INNER), io_dtype).to(DOT)
             z = tl.dot(p, wt, input_precision=PRECISION, out_dtype=ACC)
             if HAS_BIAS:
                 z += bias[None, :]
@@ -105,7 +105,7 @@ def _forward_kernel(
         g = tl.sum(tl.reshape(acc, (BLOCK_I, BLOCK_J, BLOCK_R)), axis=1) * tl.load(inv_count_ptr + bat)
         tl.store(
             g_ptr + (bat * N + rows[:, None]) * R + r[None, :],
-            g.to(g_ptr.dtype.element_ty),
+            round_to(g, g_ptr.dtype.element_ty),
             mask=(rows < N)[:, None] & (r < R)[None, :],
         )
 
@@ -171,8 +171,8 @@ def forward(
     g = torch.empty(B, N, R, dtype=a.dtype, device=a.device)
     if g.numel() == 0:
         return g
-    block_r = min(launch.pow2(R), launch.FORWARD_MAX_R)
     tile, tune = _tile(N, M, launch.FORWARD_FIXED, deterministic=False)
+    block_r = launch.r_slice(a, R, forward=True)
     grid = (launch.programs(a, B * N), triton.cdiv(R, block_r))
     args = (a, b, weight, bias if bias is not None else weight, m if m is not None else inv_count, inv_count, g)
     meta = dict(_pair_meta(a, bias, m, inner, outer), BLOCK_H=launch.pow2(H), BLOCK_R=block_r)
@@ -206,7 +206,7 @@ def backward(
     if H == 0:
         return _no_hidden_backward(grad, a, b, weight, bias, m, inv_count, outer)
     acc, _ = launch.acc_dtypes(a.dtype)
-    block_r = min(launch.pow2(R), launch.BACKWARD_R_SLICE)
+    block_r = launch.r_slice(a, R, forward=False)
     slices = triton.cdiv(R, block_r)
     programs = launch.programs(a, B * N)
     da_part = torch.empty(slices, B, N, H, dtype=acc, device=a.device)
@@ -216,8 +216,8 @@ def backward(
     inputs = (a, b, weight, bias if bias is not None else weight, m if m is not None else inv_count, inv_count, grad)
     meta = dict(_pair_meta(a, bias, m, inner, outer), BLOCK_H=launch.pow2(H, 2 * launch.MIN_DOT), BLOCK_R=block_r)
 
+    tile, tune = launch.backward_tile(a, N, M, deterministic)
     with launch.on_device(a):
-        tile, tune = _tile(N, M, launch.BACKWARD_FIXED, deterministic)
         outputs = (da_part, dw_part, dbias_part, db_atomic if db_atomic is not None else da_part)
         launch.launch(
             backward_rows_kernel, _backward_rows_tuned, (programs, slices), tile, tune,
@@ -225,7 +225,6 @@ def backward(
         )  # fmt: skip
         if deterministic:
             db_part = torch.empty(slices, B, M, H, dtype=acc, device=a.device)
-            tile, _ = _tile(N, M, launch.BACKWARD_FIXED, deterministic)
             launch.launch(
                 backward_keys_kernel, None, (launch.programs(a, B * M), slices), tile, False,
                 (*inputs, db_part, B, N, M, H, R), meta,

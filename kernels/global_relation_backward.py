@@ -13,16 +13,34 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from fastrel.kernels import interpreting
 from fastrel.kernels.activation import activation, backprop
+
+#: The interpreter converts fp32 to bf16 by truncation (GPUs round to nearest even), which biases
+#: every rounded product operand; there round_to rounds on the bits instead.
+BF16_BY_BITS: tl.constexpr = tl.constexpr(interpreting())
 
 
 @triton.jit
-def _load_t(ptr, bat, rows, n_rows, cols, n_cols):
-    """x[bat, rows, cols]ᵀ, (cols, rows), of a contiguous (B, n_rows, n_cols) tensor, 0 outside. (64-bit
-    offsets: with 32-bit ones ptxas schedules the backward into more spills.)"""
+def round_to(x, DTYPE: tl.constexpr):
+    """x rounded to DTYPE, to nearest even as on GPUs (and in PyTorch), also under the interpreter."""
+    if BF16_BY_BITS:
+        if DTYPE == tl.bfloat16:
+            x = x.to(tl.float32)
+            bits = x.to(tl.uint32, bitcast=True)
+            bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+            x = tl.where(x != x, x, bits.to(tl.float32, bitcast=True))  # NaN stays NaN
+    return x.to(DTYPE)
+
+
+@triton.jit
+def _load_t(ptr, bat, rows, rows_ok, n_rows, cols, n_cols):
+    """x[bat, rows, cols]ᵀ, (cols, rows), of a contiguous (B, n_rows, n_cols) tensor, 0 outside it and
+    in the rows that rows_ok leaves out. (64-bit offsets: with 32-bit ones ptxas schedules the
+    backward into more spills.)"""
     return tl.load(
         ptr + (bat * n_rows + rows[None, :]) * n_cols + cols[:, None],
-        mask=(rows < n_rows)[None, :] & (cols < n_cols)[:, None],
+        mask=rows_ok[None, :] & (cols < n_cols)[:, None],
         other=0.0,
     )
 
@@ -65,15 +83,15 @@ def _relation_gradient_t(
     BLOCK_R: tl.constexpr = dg_rows.shape[0]
     BLOCK_I: tl.constexpr = dg_rows.shape[1]
     BLOCK_J: tl.constexpr = keys_ok.shape[0]
-    p0 = activation(_pair_difference_t(a0, b0), INNER).to(io_dtype).to(DOT)
-    p1 = activation(_pair_difference_t(a1, b1), INNER).to(io_dtype).to(DOT)
+    p0 = round_to(activation(_pair_difference_t(a0, b0), INNER), io_dtype).to(DOT)
+    p1 = round_to(activation(_pair_difference_t(a1, b1), INNER), io_dtype).to(DOT)
     z = tl.dot(w0.to(DOT), p0, input_precision=PRECISION, out_dtype=ACC)
     z = tl.dot(w1.to(DOT), p1, z, input_precision=PRECISION, out_dtype=ACC)
     if HAS_BIAS:
         z += bias[:, None]
     dg = tl.reshape(tl.broadcast_to(dg_rows[:, :, None], (BLOCK_R, BLOCK_I, BLOCK_J)), (BLOCK_R, BLOCK_I * BLOCK_J))
     valid = tl.reshape(rows_ok[:, None] & keys_ok[None, :], (BLOCK_I * BLOCK_J,))
-    return tl.where(valid[None, :], backprop(z, dg, OUTER), 0.0).to(io_dtype).to(DOT)
+    return round_to(tl.where(valid[None, :], backprop(z, dg, OUTER), 0.0), io_dtype).to(DOT)
 
 
 @triton.jit
@@ -85,7 +103,7 @@ def _half_gradient_t(
     d = _pair_difference_t(a_half, b_half)
     dp = tl.dot(tl.trans(w_half.to(DOT)), dz_op, input_precision=PRECISION, out_dtype=ACC)
     du = tl.reshape(backprop(d, dp, INNER), (a_half.shape[0], a_half.shape[1], b_half.shape[1]))
-    return du, activation(d, INNER).to(w_half.dtype).to(DOT)
+    return du, round_to(activation(d, INNER), w_half.dtype).to(DOT)
 
 
 @triton.jit
@@ -136,18 +154,19 @@ def backward_rows_kernel(
     for item in range(program, B * n_blocks, tl.num_programs(0)):
         bat = (item // n_blocks).to(tl.int64)
         rows = (item % n_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
-        dg = _load_t(grad_ptr, bat, rows, N, r, R).to(ACC) * tl.load(inv_count_ptr + bat)
+        dg = _load_t(grad_ptr, bat, rows, rows < N, N, r, R).to(ACC) * tl.load(inv_count_ptr + bat)
         da0 = tl.zeros((HALF, BLOCK_I), dtype=ACC)
         da1 = tl.zeros((HALF, BLOCK_I), dtype=ACC)
         for j0 in range(0, M, BLOCK_J):
             keys = j0 + tl.arange(0, BLOCK_J)
             # The a-tile is read per step (an L1 hit): hoisted, its copies in the register layouts
             # of the pair tile would stay live across the loop.
-            a0 = _load_t(a_ptr, bat, rows, N, h0, H).to(DIFF)
-            a1 = _load_t(a_ptr, bat, rows, N, h1, H).to(DIFF)
-            b0 = _load_t(b_ptr, bat, keys, M, h0, H).to(DIFF)
-            b1 = _load_t(b_ptr, bat, keys, M, h1, H).to(DIFF)
             keys_ok = valid_keys(mask_ptr, bat, keys, M, HAS_MASK)
+            a0 = _load_t(a_ptr, bat, rows, rows < N, N, h0, H).to(DIFF)
+            a1 = _load_t(a_ptr, bat, rows, rows < N, N, h1, H).to(DIFF)
+            # An excluded key is read as 0, as the reference replaces it: its NaN or inf stays out.
+            b0 = _load_t(b_ptr, bat, keys, keys_ok, M, h0, H).to(DIFF)
+            b1 = _load_t(b_ptr, bat, keys, keys_ok, M, h1, H).to(DIFF)
             dz_op = _relation_gradient_t(
                 a0, b0, a1, b1, w0, w1, bias, dg, rows < N, keys_ok, INNER, OUTER, HAS_BIAS, ACC, DOT, PRECISION
             )
@@ -191,11 +210,11 @@ def backward_keys_kernel(
         db1 = tl.zeros((HALF, BLOCK_J), dtype=ACC)
         for i0 in range(0, N, BLOCK_I):
             rows = i0 + tl.arange(0, BLOCK_I)
-            a0 = _load_t(a_ptr, bat, rows, N, h0, H).to(DIFF)
-            a1 = _load_t(a_ptr, bat, rows, N, h1, H).to(DIFF)
-            b0 = _load_t(b_ptr, bat, keys, M, h0, H).to(DIFF)  # read per step, as in the row pass
-            b1 = _load_t(b_ptr, bat, keys, M, h1, H).to(DIFF)
-            dg = _load_t(grad_ptr, bat, rows, N, r, R).to(ACC) * inv_count
+            a0 = _load_t(a_ptr, bat, rows, rows < N, N, h0, H).to(DIFF)
+            a1 = _load_t(a_ptr, bat, rows, rows < N, N, h1, H).to(DIFF)
+            b0 = _load_t(b_ptr, bat, keys, keys_ok, M, h0, H).to(DIFF)  # read per step, as in the row pass
+            b1 = _load_t(b_ptr, bat, keys, keys_ok, M, h1, H).to(DIFF)
+            dg = _load_t(grad_ptr, bat, rows, rows < N, N, r, R).to(ACC) * inv_count
             dz_op = _relation_gradient_t(
                 a0, b0, a1, b1, w0, w1, bias, dg, rows < N, keys_ok, INNER, OUTER, HAS_BIAS, ACC, DOT, PRECISION
             )

@@ -21,10 +21,14 @@ from fastrel.kernels import interpreting
 MIN_PAIRS = 64
 #: The smallest dimension tl.dot takes; the backward splits H into two halves of at least this.
 MIN_DOT = 16
-#: The backward splits R into slices of this size across programs (one dW_r slice per program
-#: stays in registers); the forward keeps all of R up to FORWARD_MAX_R per program.
-BACKWARD_R_SLICE = 64
+#: R per program (grid axis 1 holds the slices). The forward keeps all of R up to FORWARD_MAX_R.
+#: The backward splits R into slices, so that one dW_r slice stays in registers for a program's
+#: whole walk: 64 on sm_90, 16 on sm_80 (mma.sync keeps every accumulator in registers).
+#: fp32 without TF32 multiplies with FMA, whose operands are in registers too: 16 both ways.
 FORWARD_MAX_R = 256
+BACKWARD_R_SLICE = 64
+BACKWARD_R_SLICE_SM80 = 16
+IEEE_R_SLICE = 16
 #: Persistent programs per multiprocessor; under the interpreter a few programs, so that each
 #: one still walks several work items.
 PROGRAMS_PER_SM = 2
@@ -41,6 +45,11 @@ BACKWARD_TILES: list[Tile] = [(2, 32, 8, 2)]
 #: always in deterministic mode (the tile fixes the order of every sum).
 FORWARD_FIXED: Tile = FORWARD_TILES[0]
 BACKWARD_FIXED: Tile = BACKWARD_TILES[0]
+#: sm_80 (mma.sync: every accumulator in registers, no 64-row MMA to fill) runs the backward with
+#: this tile, half the pairs, without autotuning.
+BACKWARD_FIXED_SM80: Tile = (2, 16, 8, 2)
+#: fp32 without TF32 multiplies with FMA (no MMA shape to fill, operands in registers): 16 pairs.
+IEEE_BACKWARD_TILE: Tile = (2, 8, 8, 1)
 #: Warps of the elementwise identity-path kernel (kernels/pair_sum.py).
 PAIR_SUM_WARPS = 4
 
@@ -83,6 +92,37 @@ def launch(kernel, tuned, grid, tile: Tile, tune: bool, args, meta) -> None:
 @functools.cache
 def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _capability(x: torch.Tensor) -> int:
+    """Compute capability major of x's GPU (9 under the interpreter)."""
+    return torch.cuda.get_device_capability(x.device)[0] if x.device.type == "cuda" else 9
+
+
+def backward_tile(x: torch.Tensor, n_own: int, n_loop: int, deterministic: bool) -> tuple[Tile, bool]:
+    """(tile, autotune?) of both backward passes on x's device: the fixed tile of fp32 without TF32,
+    of a small set or of sm_80, else the autotune list (the fixed tile in deterministic mode)."""
+    if x.device.type == "cuda" and precision(x.dtype) == "ieee":
+        return IEEE_BACKWARD_TILE, False
+    small = small_set_tile(n_own, n_loop)
+    if small is not None:
+        return (*small, BACKWARD_FIXED[2], BACKWARD_FIXED[3]), False
+    if x.device.type == "cuda" and _capability(x) < 9:
+        return BACKWARD_FIXED_SM80, False
+    return BACKWARD_FIXED, not deterministic
+
+
+def r_slice(x: torch.Tensor, R: int, forward: bool) -> int:
+    """BLOCK_R of a forward or backward launch on x's device (see FORWARD_MAX_R)."""
+    if x.device.type == "cuda" and precision(x.dtype) == "ieee":
+        limit = IEEE_R_SLICE
+    elif forward:
+        limit = FORWARD_MAX_R
+    elif _capability(x) < 9:
+        limit = BACKWARD_R_SLICE_SM80
+    else:
+        limit = BACKWARD_R_SLICE
+    return min(pow2(R), limit)
 
 
 def programs(x: torch.Tensor, items: int) -> int:

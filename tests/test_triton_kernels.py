@@ -1,5 +1,6 @@
-"""Properties of the Triton kernels beyond the shared suite: NaN as in PyTorch, H = 0, and
-deterministic mode reproducible across processes (under the interpreter on CPU-only machines)."""
+"""Properties of the Triton kernels beyond the shared suite: NaN as in PyTorch, H = 0, bf16 error
+against the reference's own, and deterministic mode reproducible across processes (under the
+interpreter on CPU-only machines)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,19 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from cases import Problem, device_for, rel_error, run
 from conftest import usable
 
 import fastrel
 from fastrel import activations
+from fastrel.kernels import launch
+from fastrel.kernels.global_relation_backward import round_to
 
 NAME = "triton"
 
@@ -58,6 +64,45 @@ def test_no_hidden_channels_give_the_bias_relation_on_rows_with_a_valid_key(oute
     assert da.shape == (2, 3, 0) and db.shape == (2, 4, 0) and dweight.shape == (5, 0)
 
 
+@pytest.mark.parametrize(
+    "problem",
+    [Problem(2, 8, 8, 16, 8, seed=seed) for seed in range(3)]
+    + [Problem(2, 5, 7, 12, 9, inner="abs", outer="leaky_relu", mask="ragged", seed=1),
+       Problem(1, 8, 40, 16, 8, inner="leaky_relu", seed=2)],
+    ids=str,
+)  # fmt: skip
+def test_bf16_output_and_gradients_are_within_twice_the_reference_bf16_error(problem):
+    """‖x − x64‖ / ‖x64‖ of g and of every gradient, against float64: at most 2× the bf16 reference's."""
+    usable(NAME)
+    device = device_for(NAME)
+    exact = run(problem, None, torch.float64, "cpu")
+    ref = run(problem, None, torch.bfloat16, "cpu")
+    ours = run(problem, NAME, torch.bfloat16, device)
+    for label, x, r, x64 in zip(("g", "da", "db", "dweight", "dbias"), [ours[0], *ours[1]], [ref[0], *ref[1]],
+                                [exact[0], *exact[1]]):  # fmt: skip
+        assert rel_error(x, x64) <= 2 * rel_error(r, x64), label
+
+
+@triton.jit
+def _rounded(x_ptr, like_ptr, out_ptr, n: tl.constexpr):
+    i = tl.arange(0, n)
+    tl.store(out_ptr + i, round_to(tl.load(x_ptr + i), tl.load(like_ptr + i).dtype).to(tl.float32))
+
+
+def test_round_to_bf16_is_round_to_nearest_even_as_in_pytorch():
+    """The interpreter truncates fp32 → bf16; the kernels' rounding must not (GPUs round to nearest even)."""
+    usable(NAME)
+    device = device_for(NAME)
+    x = torch.randn(1024, generator=torch.Generator().manual_seed(3)).to(device)
+    x[:4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 3.4e38])
+    x[4] = torch.tensor(0x7FFFFFFF, dtype=torch.int32).view(torch.float32)  # a NaN whose rounding would carry
+    out = torch.empty_like(x)
+    _rounded[(1,)](x, x.bfloat16(), out, 1024)
+    expected = x.bfloat16().float()
+    assert torch.equal(out.isnan(), expected.isnan())
+    assert torch.equal(out[5:], expected[5:]) and torch.equal(out[1:4], expected[1:4])
+
+
 _TWICE = textwrap.dedent(
     """
     import os, sys
@@ -81,3 +126,25 @@ def test_deterministic_backward_is_bitwise_equal_across_processes():
         for _ in range(2)
     ]
     assert len(outputs[0]) > 0 and outputs[0] == outputs[1]
+
+
+@pytest.mark.parametrize(
+    "capability, dtype, tile, r_slice",
+    [
+        (9, torch.bfloat16, launch.BACKWARD_FIXED, launch.BACKWARD_R_SLICE),
+        (8, torch.bfloat16, launch.BACKWARD_FIXED_SM80, launch.BACKWARD_R_SLICE_SM80),
+        (9, torch.float32, launch.IEEE_BACKWARD_TILE, launch.IEEE_R_SLICE),
+        (8, torch.float32, launch.IEEE_BACKWARD_TILE, launch.IEEE_R_SLICE),
+    ],
+)
+def test_backward_tile_and_r_slice_follow_the_device_capability(monkeypatch, capability, dtype, tile, r_slice):
+    """The tiles the static check compiles without spills are the ones the host picks per device."""
+    monkeypatch.setattr(launch, "_capability", lambda x: capability)
+    x = SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
+    previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+    try:
+        assert launch.backward_tile(x, 128, 128, deterministic=True) == (tile, False)
+        assert launch.r_slice(x, 128, forward=False) == r_slice
+        assert launch.r_slice(x, 128, forward=True) == (launch.IEEE_R_SLICE if dtype == torch.float32 else 128)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
