@@ -10,15 +10,15 @@ from fastrel import dtypes
 from fastrel.backends import native
 from fastrel.backends.base import Backend
 
-_forward, _backward = native.kernels("cpu")
+forward, backward = native.kernels("cpu")
 
 BACKEND = Backend(
     name="cpu",
     summary="fused C++ kernels, tiled over pairs, O(B·N·H) memory, deterministic",
     devices=("cpu",),
     dtypes=dtypes.FLOATS,
-    forward=_forward,
-    backward=_backward,
+    forward=forward,
+    backward=backward,
     probe=native.unavailable,
     deterministic=True,
 )
