@@ -129,7 +129,7 @@ class _SortedKeys:
         # query there too. Each such group adds count · φ(q − value), and nothing when it is empty
         # (a select, never 0 · inf).
         wide = queries.to(SUM_DTYPE)
-        phi = lambda x: activations.apply(x, act)  # noqa: E731
+        phi = lambda x: activations.activate(x, act)  # noqa: E731
         total = torch.where(torch.isfinite(wide), total, torch.where(k > 0, k * phi(wide), 0.0))
         for value, count in self.special.items():
             total = total + torch.where(count > 0, count * phi(wide - value), 0.0)
