@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from fastrel import dtypes
 from fastrel.backends import native
-from fastrel.backends.base import SMALL_SET_ITEMS, Backend, Preference
+from fastrel.backends.base import SMALL_SET_ITEMS, Preference
 
 
 def probe() -> str | None:
@@ -31,8 +30,6 @@ def probe() -> str | None:
         return "no CUDA device is available"
     return None
 
-
-forward, backward = native.kernels("cuda")
 
 PREFERRED = (
     Preference(
@@ -49,13 +46,9 @@ PREFERRED = (
     ),
 )
 
-BACKEND = Backend(
-    name="cuda",
+BACKEND = native.backend(
+    "cuda",
     summary="CUDA C++ kernels: WMMA for bf16/fp16, FMA for fp32/fp64, one-block-per-clip deterministic backward",
-    devices=("cuda",),
-    dtypes=dtypes.FLOATS,
-    forward=forward,
-    backward=backward,
     probe=probe,
     preferred=PREFERRED,
 )

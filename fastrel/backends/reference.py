@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastrel import dtypes, reference
+from fastrel import reference
 from fastrel.backends.base import Backend
 
 
@@ -19,8 +19,6 @@ def backward(grad, a, b, weight, bias, key_mask, inner, outer, deterministic):
 BACKEND = Backend(
     name="reference",
     summary="plain PyTorch, materialises every pair (B·N·M·H memory)",
-    devices=("cpu", "cuda"),
-    dtypes=dtypes.FLOATS,
     forward=forward,
     backward=backward,
 )

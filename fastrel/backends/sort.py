@@ -253,8 +253,6 @@ def backward(grad, a, b, weight, bias, key_mask, inner, outer, deterministic):
 BACKEND = Backend(
     name="sort",
     summary="exact O((N+M) log M) path where inner or outer is the identity (C++ on CPU, else torch ops)",
-    devices=("cpu", "cuda"),
-    dtypes=dtypes.FLOATS,
     forward=forward,
     backward=backward,
     inner=("relu", "abs", "leaky_relu", "identity"),
