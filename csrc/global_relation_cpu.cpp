@@ -78,7 +78,8 @@ struct Problem {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* a;
   const scalar_t* b;
-  at::Tensor weight;  // (R, H) acc_t
+  at::Tensor weight;    // (R, H) acc_t
+  at::Tensor weight_t;  // its transpose (H, R), the right operand of z = p W_rᵀ
   const acc_t* bias;  // (R,)
   int64_t B, N, M, H, R;
   const ValidKeys* valid;
@@ -153,7 +154,6 @@ template <int IN, int OUT, typename scalar_t>
 void forward_pairs(const Problem<scalar_t>& pb, scalar_t* g) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = pb.H, R = pb.R, kt = tile_keys<acc_t>(H);
-  const at::Tensor weight_t = pb.weight.t();
   const auto make_scratch = [&] {
     const auto opts = acc_options<acc_t>();
     return std::tuple(at::empty({kTileRows * kt, H}, opts), at::empty({kTileRows * kt, R}, opts),
@@ -169,7 +169,7 @@ void forward_pairs(const Problem<scalar_t>& pb, scalar_t* g) {
       load_rows(pb.b + batch * pb.M * H, pb.keys(batch) + k0, kj, H, b_tile.data());
       at::Tensor pt = p.narrow(0, 0, pairs), zt = z.narrow(0, 0, pairs);
       form_differences<IN>(a_tile.data(), ri, b_tile.data(), kj, H, pt.data_ptr<acc_t>());
-      at::mm_out(zt, pt, weight_t);
+      at::mm_out(zt, pt, pb.weight_t);
       const acc_t* zp = zt.data_ptr<acc_t>();
       for (int64_t i = 0; i < ri; ++i) {
         acc_t* s = sums.data() + i * R;
@@ -190,7 +190,6 @@ void backward_pairs(const Problem<scalar_t>& pb, const scalar_t* grad, scalar_t*
                     at::Tensor& dbias_parts, at::Tensor& db_parts, const RowUnits& units) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = pb.H, R = pb.R, M = pb.M, kt = tile_keys<acc_t>(H);
-  const at::Tensor weight = pb.weight, weight_t = pb.weight.t();
   at::parallel_for(0, pb.B * units.chunks, 1, [&](int64_t begin, int64_t end) {
     SingleThreadedBlas single;
     const auto opts = acc_options<acc_t>();
@@ -216,7 +215,7 @@ void backward_pairs(const Problem<scalar_t>& pb, const scalar_t* grad, scalar_t*
           load_rows(pb.b + batch * M * H, keys + k0, kj, H, b_tile.data());
           at::Tensor pt = p.narrow(0, 0, pairs), zt = z.narrow(0, 0, pairs), dqt = dq.narrow(0, 0, pairs);
           form_differences<IN>(a_tile.data(), ri, b_tile.data(), kj, H, pt.data_ptr<acc_t>());
-          at::mm_out(zt, pt, weight_t);
+          at::mm_out(zt, pt, pb.weight_t);
           acc_t* zp = zt.data_ptr<acc_t>();
           for (int64_t i = 0; i < ri; ++i) {
             const acc_t* gi = g_tile.data() + i * R;
@@ -229,7 +228,7 @@ void backward_pairs(const Problem<scalar_t>& pb, const scalar_t* grad, scalar_t*
             }
           }
           dw_part.addmm_(zt.t(), pt);
-          at::mm_out(dqt, zt, weight);
+          at::mm_out(dqt, zt, pb.weight);
           const acc_t* dqp = dqt.data_ptr<acc_t>();
           for (int64_t i = 0; i < ri; ++i) {
             const acc_t* ai = a_tile.data() + i * H;
@@ -287,7 +286,6 @@ template <int IN, typename scalar_t>
 void forward_means(const Problem<scalar_t>& pb, scalar_t* g) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = pb.H, R = pb.R, kt = tile_keys<acc_t>(H);
-  const at::Tensor weight_t = pb.weight.t();
   const auto make_scratch = [&] {
     const auto opts = acc_options<acc_t>();
     return std::tuple(at::empty({kTileRows, H}, opts), at::empty({kTileRows, R}, opts),
@@ -307,7 +305,7 @@ void forward_means(const Problem<scalar_t>& pb, scalar_t* g) {
     const acc_t scale = pb.inv_count(batch);
     for (int64_t e = 0; e < ri * H; ++e) mp[e] *= scale;
     at::Tensor pt = proj.narrow(0, 0, ri);
-    at::mm_out(pt, mt, weight_t);
+    at::mm_out(pt, mt, pb.weight_t);
     const acc_t* pp = pt.data_ptr<acc_t>();
     for (int64_t i = 0; i < ri; ++i) {
       for (int64_t r = 0; r < R; ++r) out[i * R + r] = static_cast<scalar_t>(pp[i * R + r] + pb.bias[r]);
@@ -428,9 +426,11 @@ void dispatch_outer(int64_t outer, F&& f) {
 template <typename scalar_t>
 Problem<scalar_t> make_problem(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
                                const at::Tensor& bias_acc, const ValidKeys& valid) {
+  const at::Tensor weight_acc = weight.detach().to(accumulation_type(weight.scalar_type())).contiguous();
   return Problem<scalar_t>{a.data_ptr<scalar_t>(),
                            b.data_ptr<scalar_t>(),
-                           weight.detach().to(accumulation_type(weight.scalar_type())).contiguous(),
+                           weight_acc,
+                           weight_acc.t(),
                            bias_acc.data_ptr<at::opmath_type<scalar_t>>(),
                            a.size(0),
                            a.size(1),
