@@ -52,17 +52,11 @@ def global_relation(
 
 
 def global_relation_backward(
-    grad: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    *,
-    inner: str = "relu",
-    outer: str = "relu",
-    key_mask: torch.Tensor | None = None,
+    grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+    key_mask: torch.Tensor | None, inner: str, outer: str, deterministic: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The backward of docs/math.md written out: (da, db, dweight, dbias), materialising."""
+    """The backward of docs/math.md written out: (da, db, dweight, dbias), materialising. It takes a
+    backend's arguments (fastrel.backends.base.Backward) and is deterministic whatever ``deterministic``."""
     keys, m, n = _valid_keys(b, key_mask)
     d, p, z = _pairs(a, keys, weight, bias, inner)
     dz = torch.where(m[:, None, :, None], activations.derivative(z, outer) * (grad / n)[:, :, None, :], 0.0)
