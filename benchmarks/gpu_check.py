@@ -35,6 +35,7 @@ from pathlib import Path
 import measure
 import peers
 import torch
+from timed_case import Case
 
 import fastrel
 from fastrel import backends, reference
@@ -42,17 +43,6 @@ from fastrel import backends, reference
 MODES = ("fwd", "fwdbwd")
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 GRADIENTS = ("out", "da", "db", "dweight", "dbias")
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    B: int
-    N: int
-    M: int
-    H: int
-    R: int
-    masked: bool = False
 
 
 #: The timed shapes. paper: RGSA over 576 frames of 16×8 maps (H = C/8, R = C/16 at C = 2048);

@@ -25,7 +25,7 @@ from fastrel import activations, reference
 #: reference itself makes when run in that dtype (the FlashAttention criterion).
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
-#: (B, N, M, H, R): one whole-clip shape, one shape that takes the row and column passes.
+#: (B, N, M, H, R): one whole-clip shape, one shape that takes the row and key passes.
 SHAPES = ((2, 20, 19, 40, 70), (2, 70, 33, 24, 20))
 
 

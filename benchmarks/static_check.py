@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from timed_case import Case
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fastrel" / "static_check"
@@ -40,26 +42,16 @@ SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}
 SHARED_PER_SM = {90: 228 * 1024, 80: 164 * 1024}
 
 
-@dataclasses.dataclass(frozen=True)
-class Shape:
-    name: str
-    B: int
-    N: int
-    M: int
-    H: int
-    R: int
-
-
-PAPER = Shape("paper", 576, 128, 128, 256, 128)  # RGSA at the paper's shape: 576 frames
-LARGE = Shape("n1024", 8, 1024, 1024, 128, 64)
-CLIP = Shape("clip", 576, 8, 8, 256, 128)  # RGTR: 576 clips of T = 8 frames
+PAPER = Case("paper", 576, 128, 128, 256, 128)  # RGSA at the paper's shape: 576 frames
+LARGE = Case("n1024", 8, 1024, 1024, 128, 64)
+CLIP = Case("clip", 576, 8, 8, 256, 128, masked=True)  # RGTR: 576 clips of T = 8 frames
 
 
 @dataclasses.dataclass(frozen=True)
 class Call:
     """One forward and one backward host call."""
 
-    shape: Shape
+    shape: Case
     dtype: str
     inner: str = "relu"
     outer: str = "relu"
@@ -74,12 +66,12 @@ class Call:
         return " ".join(flags)
 
 
-def _timed(dtypes: tuple[str, ...], shapes: tuple[Shape, ...]) -> list[Call]:
+def _timed(dtypes: tuple[str, ...], shapes: tuple[Case, ...]) -> list[Call]:
     """The shapes gpu_check.sh times, deterministic and with atomics (different kernels)."""
-    return [Call(s, d, masked=s is CLIP, deterministic=det) for s in shapes for d in dtypes for det in (True, False)]
+    return [Call(s, d, masked=s.masked, deterministic=det) for s in shapes for d in dtypes for det in (True, False)]
 
 
-def _code_paths(shape: Shape, dtype: str) -> list[Call]:
+def _code_paths(shape: Case, dtype: str) -> list[Call]:
     """The other inner/outer activations (different specialisations), and σ = identity's path."""
     pairs = [("leaky_relu", "relu"), ("abs", "leaky_relu"), ("identity", "relu")]
     calls = [Call(shape, dtype, i, o) for i, o in pairs]

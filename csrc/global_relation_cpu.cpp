@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -77,7 +78,8 @@ struct Problem {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* a;
   const scalar_t* b;
-  at::Tensor weight;  // (R, H) acc_t
+  at::Tensor weight;    // (R, H) acc_t
+  at::Tensor weight_t;  // its transpose (H, R), the right operand of z = p W_rᵀ
   const acc_t* bias;  // (R,)
   int64_t B, N, M, H, R;
   const ValidKeys* valid;
@@ -116,6 +118,22 @@ void load_rows(const scalar_t* src, const int64_t* index, int64_t rows, int64_t 
   }
 }
 
+// Runs body(scratch, batch, i0, ri) for every tile of ri ≤ kTileRows rows (from row i0) of every
+// batch element, the tiles split across workers; each worker makes its scratch once and keeps its
+// BLAS calls single-threaded.
+template <typename MakeScratch, typename Body>
+void for_each_row_tile(int64_t B, int64_t N, MakeScratch make_scratch, Body body) {
+  const RowUnits units(B, N, kTileRows);
+  at::parallel_for(0, B * units.tiles, 1, [&](int64_t begin, int64_t end) {
+    SingleThreadedBlas single;
+    auto scratch = make_scratch();
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t batch = unit / units.tiles, i0 = (unit % units.tiles) * kTileRows;
+      body(scratch, batch, i0, std::min(kTileRows, N - i0));
+    }
+  });
+}
+
 // p[(i, j), :] = δ(a_i − b_j) for a tile of ri rows × kj keys, pair (i, j) at row i * kj + j.
 template <int IN, typename acc_t>
 void form_differences(const acc_t* a, int64_t ri, const acc_t* b, int64_t kj, int64_t H, acc_t* p) {
@@ -136,37 +154,34 @@ template <int IN, int OUT, typename scalar_t>
 void forward_pairs(const Problem<scalar_t>& pb, scalar_t* g) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = pb.H, R = pb.R, kt = tile_keys<acc_t>(H);
-  const RowUnits units(pb.B, pb.N, kTileRows);
-  const at::Tensor weight_t = pb.weight.t();
-  at::parallel_for(0, pb.B * units.tiles, 1, [&](int64_t begin, int64_t end) {
-    SingleThreadedBlas single;
+  const auto make_scratch = [&] {
     const auto opts = acc_options<acc_t>();
-    at::Tensor p = at::empty({kTileRows * kt, H}, opts), z = at::empty({kTileRows * kt, R}, opts);
-    std::vector<acc_t> a_tile(kTileRows * H), b_tile(kt * H), sums(kTileRows * R);
-    for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t batch = unit / units.tiles, i0 = (unit % units.tiles) * kTileRows;
-      const int64_t ri = std::min(kTileRows, pb.N - i0), count = pb.count(batch);
-      std::fill(sums.begin(), sums.end(), acc_t(0));
-      load_rows(pb.a + (batch * pb.N + i0) * H, nullptr, ri, H, a_tile.data());
-      for (int64_t k0 = 0; k0 < count; k0 += kt) {
-        const int64_t kj = std::min(kt, count - k0), pairs = ri * kj;
-        load_rows(pb.b + batch * pb.M * H, pb.keys(batch) + k0, kj, H, b_tile.data());
-        form_differences<IN>(a_tile.data(), ri, b_tile.data(), kj, H, p.data_ptr<acc_t>());
-        at::Tensor zt = z.narrow(0, 0, pairs);
-        at::mm_out(zt, p.narrow(0, 0, pairs), weight_t);
-        const acc_t* zp = zt.data_ptr<acc_t>();
-        for (int64_t i = 0; i < ri; ++i) {
-          acc_t* s = sums.data() + i * R;
-          for (int64_t j = 0; j < kj; ++j) {
-            const acc_t* zij = zp + (i * kj + j) * R;
-            for (int64_t r = 0; r < R; ++r) s[r] += activate<OUT>(zij[r] + pb.bias[r]);
-          }
+    return std::tuple(at::empty({kTileRows * kt, H}, opts), at::empty({kTileRows * kt, R}, opts),
+                      std::vector<acc_t>(kTileRows * H), std::vector<acc_t>(kt * H), std::vector<acc_t>(kTileRows * R));
+  };
+  for_each_row_tile(pb.B, pb.N, make_scratch, [&](auto& scratch, int64_t batch, int64_t i0, int64_t ri) {
+    auto& [p, z, a_tile, b_tile, sums] = scratch;
+    const int64_t count = pb.count(batch);
+    std::fill(sums.begin(), sums.end(), acc_t(0));
+    load_rows(pb.a + (batch * pb.N + i0) * H, nullptr, ri, H, a_tile.data());
+    for (int64_t k0 = 0; k0 < count; k0 += kt) {
+      const int64_t kj = std::min(kt, count - k0), pairs = ri * kj;
+      load_rows(pb.b + batch * pb.M * H, pb.keys(batch) + k0, kj, H, b_tile.data());
+      at::Tensor pt = p.narrow(0, 0, pairs), zt = z.narrow(0, 0, pairs);
+      form_differences<IN>(a_tile.data(), ri, b_tile.data(), kj, H, pt.data_ptr<acc_t>());
+      at::mm_out(zt, pt, pb.weight_t);
+      const acc_t* zp = zt.data_ptr<acc_t>();
+      for (int64_t i = 0; i < ri; ++i) {
+        acc_t* s = sums.data() + i * R;
+        for (int64_t j = 0; j < kj; ++j) {
+          const acc_t* zij = zp + (i * kj + j) * R;
+          for (int64_t r = 0; r < R; ++r) s[r] += activate<OUT>(zij[r] + pb.bias[r]);
         }
       }
-      const acc_t scale = pb.inv_count(batch);
-      scalar_t* out = g + (batch * pb.N + i0) * R;
-      for (int64_t e = 0; e < ri * R; ++e) out[e] = static_cast<scalar_t>(sums[e] * scale);
     }
+    const acc_t scale = pb.inv_count(batch);
+    scalar_t* out = g + (batch * pb.N + i0) * R;
+    for (int64_t e = 0; e < ri * R; ++e) out[e] = static_cast<scalar_t>(sums[e] * scale);
   });
 }
 
@@ -175,7 +190,6 @@ void backward_pairs(const Problem<scalar_t>& pb, const scalar_t* grad, scalar_t*
                     at::Tensor& dbias_parts, at::Tensor& db_parts, const RowUnits& units) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = pb.H, R = pb.R, M = pb.M, kt = tile_keys<acc_t>(H);
-  const at::Tensor weight = pb.weight, weight_t = pb.weight.t();
   at::parallel_for(0, pb.B * units.chunks, 1, [&](int64_t begin, int64_t end) {
     SingleThreadedBlas single;
     const auto opts = acc_options<acc_t>();
@@ -201,7 +215,7 @@ void backward_pairs(const Problem<scalar_t>& pb, const scalar_t* grad, scalar_t*
           load_rows(pb.b + batch * M * H, keys + k0, kj, H, b_tile.data());
           at::Tensor pt = p.narrow(0, 0, pairs), zt = z.narrow(0, 0, pairs), dqt = dq.narrow(0, 0, pairs);
           form_differences<IN>(a_tile.data(), ri, b_tile.data(), kj, H, pt.data_ptr<acc_t>());
-          at::mm_out(zt, pt, weight_t);
+          at::mm_out(zt, pt, pb.weight_t);
           acc_t* zp = zt.data_ptr<acc_t>();
           for (int64_t i = 0; i < ri; ++i) {
             const acc_t* gi = g_tile.data() + i * R;
@@ -214,7 +228,7 @@ void backward_pairs(const Problem<scalar_t>& pb, const scalar_t* grad, scalar_t*
             }
           }
           dw_part.addmm_(zt.t(), pt);
-          at::mm_out(dqt, zt, weight);
+          at::mm_out(dqt, zt, pb.weight);
           const acc_t* dqp = dqt.data_ptr<acc_t>();
           for (int64_t i = 0; i < ri; ++i) {
             const acc_t* ai = a_tile.data() + i * H;
@@ -272,32 +286,29 @@ template <int IN, typename scalar_t>
 void forward_means(const Problem<scalar_t>& pb, scalar_t* g) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = pb.H, R = pb.R, kt = tile_keys<acc_t>(H);
-  const RowUnits units(pb.B, pb.N, kTileRows);
-  const at::Tensor weight_t = pb.weight.t();
-  at::parallel_for(0, pb.B * units.tiles, 1, [&](int64_t begin, int64_t end) {
-    SingleThreadedBlas single;
+  const auto make_scratch = [&] {
     const auto opts = acc_options<acc_t>();
-    at::Tensor means = at::empty({kTileRows, H}, opts), proj = at::empty({kTileRows, R}, opts);
-    std::vector<acc_t> a_tile(kTileRows * H), b_tile(kt * H);
-    for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t batch = unit / units.tiles, i0 = (unit % units.tiles) * kTileRows;
-      const int64_t ri = std::min(kTileRows, pb.N - i0);
-      scalar_t* out = g + (batch * pb.N + i0) * R;
-      if (!pb.has_key(batch)) {
-        std::fill(out, out + ri * R, static_cast<scalar_t>(0));
-        continue;
-      }
-      load_rows(pb.a + (batch * pb.N + i0) * H, nullptr, ri, H, a_tile.data());
-      acc_t* mp = means.data_ptr<acc_t>();
-      sum_over_keys<IN>(pb, batch, a_tile.data(), ri, b_tile.data(), kt, mp, nullptr);
-      const acc_t scale = pb.inv_count(batch);
-      for (int64_t e = 0; e < ri * H; ++e) mp[e] *= scale;
-      at::Tensor pt = proj.narrow(0, 0, ri);
-      at::mm_out(pt, means.narrow(0, 0, ri), weight_t);
-      const acc_t* pp = pt.data_ptr<acc_t>();
-      for (int64_t i = 0; i < ri; ++i) {
-        for (int64_t r = 0; r < R; ++r) out[i * R + r] = static_cast<scalar_t>(pp[i * R + r] + pb.bias[r]);
-      }
+    return std::tuple(at::empty({kTileRows, H}, opts), at::empty({kTileRows, R}, opts),
+                      std::vector<acc_t>(kTileRows * H), std::vector<acc_t>(kt * H));
+  };
+  for_each_row_tile(pb.B, pb.N, make_scratch, [&](auto& scratch, int64_t batch, int64_t i0, int64_t ri) {
+    auto& [means, proj, a_tile, b_tile] = scratch;
+    scalar_t* out = g + (batch * pb.N + i0) * R;
+    if (!pb.has_key(batch)) {
+      std::fill(out, out + ri * R, static_cast<scalar_t>(0));
+      return;
+    }
+    load_rows(pb.a + (batch * pb.N + i0) * H, nullptr, ri, H, a_tile.data());
+    at::Tensor mt = means.narrow(0, 0, ri);
+    acc_t* mp = mt.data_ptr<acc_t>();
+    sum_over_keys<IN>(pb, batch, a_tile.data(), ri, b_tile.data(), kt, mp, nullptr);
+    const acc_t scale = pb.inv_count(batch);
+    for (int64_t e = 0; e < ri * H; ++e) mp[e] *= scale;
+    at::Tensor pt = proj.narrow(0, 0, ri);
+    at::mm_out(pt, mt, pb.weight_t);
+    const acc_t* pp = pt.data_ptr<acc_t>();
+    for (int64_t i = 0; i < ri; ++i) {
+      for (int64_t r = 0; r < R; ++r) out[i * R + r] = static_cast<scalar_t>(pp[i * R + r] + pb.bias[r]);
     }
   });
 }
@@ -415,9 +426,11 @@ void dispatch_outer(int64_t outer, F&& f) {
 template <typename scalar_t>
 Problem<scalar_t> make_problem(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
                                const at::Tensor& bias_acc, const ValidKeys& valid) {
+  const at::Tensor weight_acc = weight.detach().to(accumulation_type(weight.scalar_type())).contiguous();
   return Problem<scalar_t>{a.data_ptr<scalar_t>(),
                            b.data_ptr<scalar_t>(),
-                           weight.detach().to(accumulation_type(weight.scalar_type())).contiguous(),
+                           weight_acc,
+                           weight_acc.t(),
                            bias_acc.data_ptr<at::opmath_type<scalar_t>>(),
                            a.size(0),
                            a.size(1),

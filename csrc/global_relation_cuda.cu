@@ -52,18 +52,16 @@ void check_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& we
                     a.sizes(), ", ", b.sizes(), ", ", weight.sizes());
 }
 
-at::ScalarType accumulate_type(const at::Tensor& a) { return accumulation_type(a.scalar_type()); }
-
 // 1 / max(Σ_j m_j, 1) per batch element, in the accumulation dtype.
 at::Tensor inverse_counts(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& key_mask) {
-  const auto acc = accumulate_type(a);
+  const auto acc = accumulation_type(a.scalar_type());
   if (key_mask.has_value()) return key_mask->sum(1, false, acc).clamp_min(1).reciprocal();
   return at::full({a.size(0)}, 1.0 / std::max<int64_t>(b.size(1), 1), a.options().dtype(acc));
 }
 
 // 1 where batch element b has a valid key, else 0: the bias takes part only in non-empty rows.
 at::Tensor key_present(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& key_mask) {
-  const auto acc = accumulate_type(a);
+  const auto acc = accumulation_type(a.scalar_type());
   if (key_mask.has_value()) return key_mask->any(1).to(acc);
   return at::full({a.size(0)}, b.size(1) > 0 ? 1.0 : 0.0, a.options().dtype(acc));
 }
@@ -72,7 +70,7 @@ at::Tensor key_present(const at::Tensor& a, const at::Tensor& b, const std::opti
 at::Tensor row_sum(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& key_mask,
                    const std::optional<at::Tensor>& scale, int64_t inner, bool grad) {
   const auto B = a.size(0), N = a.size(1), M = b.size(1), H = a.size(2);
-  auto out = at::empty({B, N, H}, a.options().dtype(accumulate_type(a)));
+  auto out = at::empty({B, N, H}, a.options().dtype(accumulation_type(a.scalar_type())));
   if (out.numel() == 0) return out;
   const int64_t blocks = B * ceil_div(N, kSumRows) * ceil_div(H, kSumChannels);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "global_relation_row_sum", [&] {
@@ -89,7 +87,7 @@ at::Tensor row_sum(const at::Tensor& a, const at::Tensor& b, const std::optional
 at::Tensor forward_identity_outer(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
                                   const std::optional<at::Tensor>& bias,
                                   const std::optional<at::Tensor>& key_mask, int64_t inner) {
-  const auto acc = accumulate_type(a);
+  const auto acc = accumulation_type(a.scalar_type());
   const auto q = row_sum(a, b, key_mask, inverse_counts(a, b, key_mask), inner, false);
   auto g = at::matmul(q, weight.to(acc).t());
   if (bias.has_value()) g = g + bias->to(acc) * key_present(a, b, key_mask).view({-1, 1, 1});
@@ -99,7 +97,7 @@ at::Tensor forward_identity_outer(const at::Tensor& a, const at::Tensor& b, cons
 std::vector<at::Tensor> backward_identity_outer(const at::Tensor& grad, const at::Tensor& a, const at::Tensor& b,
                                                 const at::Tensor& weight, const std::optional<at::Tensor>& key_mask,
                                                 int64_t inner) {
-  const auto acc = accumulate_type(a);
+  const auto acc = accumulation_type(a.scalar_type());
   const auto B = a.size(0), N = a.size(1), M = b.size(1), H = a.size(2), R = weight.size(0);
   const auto inv = inverse_counts(a, b, key_mask);
   const auto dg = grad.to(acc);
@@ -129,10 +127,10 @@ struct BackwardLaunch {
   int blocks = 0;
 };
 
-template <bool kRows, typename scalar_t>
+template <bool kRowPass, typename scalar_t>
 BackwardLaunch plan_backward(int tiles, int ldz, bool clip, int B, int64_t slab_bytes) {
   using acc_t = typename Acc<scalar_t>::type;
-  const auto kernel = global_relation_backward_kernel<kRows, scalar_t>;
+  const auto kernel = global_relation_backward_kernel<kRowPass, scalar_t>;
   int device = 0, shared_optin = 0, multiprocessors = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
@@ -165,7 +163,7 @@ BackwardLaunch plan_backward(int tiles, int ldz, bool clip, int B, int64_t slab_
   return plan;
 }
 
-template <bool kRows, typename scalar_t>
+template <bool kRowPass, typename scalar_t>
 void launch_backward(BackwardArgs<scalar_t> args, const BackwardLaunch& plan, const at::Tensor& like,
                      at::Tensor& dz_scratch) {
   if (!plan.dz_in_shared) {
@@ -173,7 +171,7 @@ void launch_backward(BackwardArgs<scalar_t> args, const BackwardLaunch& plan, co
     dz_scratch = at::empty({bytes}, like.options().dtype(at::kByte));
     args.dz_scratch = dz_scratch.data_ptr();
   }
-  launch(global_relation_backward_kernel<kRows, scalar_t>, plan.blocks, kThreads, plan.shared_bytes, args);
+  launch(global_relation_backward_kernel<kRowPass, scalar_t>, plan.blocks, kThreads, plan.shared_bytes, args);
 }
 
 template <typename scalar_t>
@@ -186,7 +184,7 @@ std::vector<at::Tensor> backward_general(const at::Tensor& grad, const at::Tenso
   const at::TensorOptions options = a.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
   const int ldz = dz_stride<scalar_t>(R);
   const int64_t slab_bytes = static_cast<int64_t>(sizeof(acc_t)) * R * (H + 1);
-  const int row_tiles = B * ceil_div(N, kOwn), column_tiles = B * ceil_div(M, kOwn);
+  const int row_tiles = B * ceil_div(N, kOwn), key_tiles = B * ceil_div(M, kOwn);
   const bool clip = N <= kMaxClipItems && M <= kMaxClipItems && B * slab_bytes <= kSlabBudgetBytes;
 
   at::Tensor da = at::zeros({B, N, H}, options);
@@ -217,17 +215,17 @@ std::vector<at::Tensor> backward_general(const at::Tensor& grad, const at::Tenso
   const auto rows = plan_backward<true, scalar_t>(row_tiles, ldz, clip, B, slab_bytes);
   at::Tensor slabs = at::zeros({rows.blocks, R, H + 1}, options);
   args.slabs = slabs.data_ptr<acc_t>();
-  at::Tensor dz_rows, dz_columns;
+  at::Tensor dz_rows, dz_keys;
   launch_backward<true, scalar_t>(args, rows, a, dz_rows);
 
   if (deterministic && !clip) {
-    const auto columns = plan_backward<false, scalar_t>(column_tiles, ldz, false, B, 0);
-    BackwardArgs<scalar_t> column_args = args;
-    column_args.own_grad = db.data_ptr<acc_t>();
-    column_args.other_grad = nullptr;
-    column_args.slabs = nullptr;
-    column_args.dz_scratch = nullptr;
-    launch_backward<false, scalar_t>(column_args, columns, a, dz_columns);
+    const auto keys = plan_backward<false, scalar_t>(key_tiles, ldz, false, B, 0);
+    BackwardArgs<scalar_t> key_args = args;
+    key_args.own_grad = db.data_ptr<acc_t>();
+    key_args.other_grad = nullptr;
+    key_args.slabs = nullptr;
+    key_args.dz_scratch = nullptr;
+    launch_backward<false, scalar_t>(key_args, keys, a, dz_keys);
   }
 
   auto dweight = at::empty_like(weight);

@@ -2,7 +2,7 @@
 //
 // Pairs are processed in tiles of kOwn "own" items by kOther "other" items (64 pairs); pair
 // pr = own * kOther + other. In the forward and in the backward row pass the own items are the
-// rows i and the other items the keys j; in the column pass the roles swap. The projection
+// rows i and the other items the keys j; in the key pass the roles swap. The projection
 // z = W_r p is a tiled matrix product whose left operand, the pair tile p = δ(a_i − b_j), is built
 // in shared memory chunk by chunk over H and never stored in device memory. The backward recomputes
 // z, keeps dz for one pair tile (shared memory, or a per-block scratch in device memory when R is
@@ -80,32 +80,29 @@ constexpr bool kTensorCores = !std::is_void_v<typename Mma<T>::type>;
 __device__ __forceinline__ void store_operand(__half* p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void store_operand(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
-template <typename T>
-__device__ __forceinline__ T activation(int code, T x) {
+// Calls f(std::integral_constant<int, A>{}) for the activation A that the run-time `code` names.
+template <typename F>
+__device__ __forceinline__ auto with_activation(int code, F f) {
   switch (code) {
     case kRelu:
-      return activate<kRelu>(x);
+      return f(std::integral_constant<int, kRelu>{});
     case kLeakyRelu:
-      return activate<kLeakyRelu>(x);
+      return f(std::integral_constant<int, kLeakyRelu>{});
     case kAbs:
-      return activate<kAbs>(x);
+      return f(std::integral_constant<int, kAbs>{});
     default:
-      return activate<kIdentity>(x);
+      return f(std::integral_constant<int, kIdentity>{});
   }
 }
 
 template <typename T>
+__device__ __forceinline__ T activation(int code, T x) {
+  return with_activation(code, [x](auto a) { return activate<decltype(a)::value>(x); });
+}
+
+template <typename T>
 __device__ __forceinline__ T activation_grad(int code, T x) {
-  switch (code) {
-    case kRelu:
-      return derivative<kRelu>(x);
-    case kLeakyRelu:
-      return derivative<kLeakyRelu>(x);
-    case kAbs:
-      return derivative<kAbs>(x);
-    default:
-      return derivative<kIdentity>(x);
-  }
+  return with_activation(code, [x](auto a) { return derivative<decltype(a)::value>(x); });
 }
 
 #ifndef FASTREL_HOST_EMULATION
@@ -146,7 +143,7 @@ struct PairTile {
   const scalar_t* b;  // (M, H) of this batch element
   const bool* mask;   // (M,) of this batch element, or nullptr: every key takes part
   int own0, other0, n_own, n_other, H;
-  bool rows;  // own items are rows i (forward, row pass) or keys j (column pass)
+  bool rows;  // own items are rows i (forward, row pass) or keys j (key pass)
 
   __device__ __forceinline__ int row(int pr) const { return rows ? own0 + pr / kOther : other0 + pr % kOther; }
   __device__ __forceinline__ int key(int pr) const { return rows ? other0 + pr % kOther : own0 + pr / kOther; }
@@ -220,6 +217,53 @@ struct TcTiles {
   float z[kPairs * kZStride];            // accumulators, row-major [pair][col]
 };
 
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+// One warp's share of a 64 x 64 product on the tensor cores (WMMA 16x16x16, fp32 accumulators):
+// warp w owns rows 16 (w / 2) .. + 15 and column blocks 2 (w % 2) + {0, 1}.
+struct WarpProduct {
+  int row_block, col_block;
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc[2];
+
+  __device__ WarpProduct() : row_block(threadIdx.x / 32 / 2), col_block((threadIdx.x / 32 % 2) * 2) {
+    nvcuda::wmma::fill_fragment(acc[0], 0.0f);
+    nvcuda::wmma::fill_fragment(acc[1], 0.0f);
+  }
+
+  // acc[f] += A B_f for f = 0, 1: A the 16 x 16 tile at a, B_f the one at b + f * b_step.
+  template <typename LayoutA, typename LayoutB, typename T>
+  __device__ __forceinline__ void mma(const T* a, int lda, const T* b, int b_step, int ldb) {
+    using namespace nvcuda;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, LayoutA> fa;
+    wmma::load_matrix_sync(fa, a, lda);
+#pragma unroll
+    for (int f = 0; f < 2; ++f) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, LayoutB> fb;
+      wmma::load_matrix_sync(fb, b + f * b_step, ldb);
+      wmma::mma_sync(acc[f], fa, fb, acc[f]);
+    }
+  }
+
+  // Stores the product to s.z and reads it back in the thread layout: out[x][v] is row row(ty, x),
+  // column tx + 16 v.
+  template <int kRowsPerThread, bool kInterleaved>
+  __device__ __forceinline__ void read_back(float (&out)[kRowsPerThread][kPerLane], TcTiles& s) const {
+#pragma unroll
+    for (int f = 0; f < 2; ++f)
+      nvcuda::wmma::store_matrix_sync(s.z + row_block * 16 * kZStride + (col_block + f) * 16, acc[f], kZStride,
+                                      nvcuda::wmma::mem_row_major);
+    __syncthreads();
+    const int ty = threadIdx.x / kLanes, tx = threadIdx.x % kLanes;
+#pragma unroll
+    for (int x = 0; x < kRowsPerThread; ++x) {
+      const int row = kInterleaved ? ty + kLanes * x : ty * kRowsPerThread + x;
+#pragma unroll
+      for (int v = 0; v < kPerLane; ++v) out[x][v] = s.z[row * kZStride + tx + kLanes * v];
+    }
+    __syncthreads();
+  }
+};
+#endif
+
 // Same result as project_fma with bf16/fp16 operands and fp32 accumulation on the tensor cores
 // (WMMA 16x16x16). Warp w computes pair rows 16 (w / 2) .. + 15 and column blocks 2 (w % 2) + {0, 1}.
 template <typename scalar_t>
@@ -230,10 +274,7 @@ __device__ void project_tc(float (&z)[kOther][kPerLane], TcTiles& s, const PairT
   using mma_t = typename Mma<scalar_t>::type;
   mma_t* p = reinterpret_cast<mma_t*>(s.p);
   mma_t* wt = reinterpret_cast<mma_t*>(s.w);
-  const int warp = threadIdx.x / 32, row_block = warp / 2, col_block = (warp % 2) * 2;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2];
-  wmma::fill_fragment(acc[0], 0.0f);
-  wmma::fill_fragment(acc[1], 0.0f);
+  WarpProduct product;
   for (int h0 = 0; h0 < tile.H; h0 += kTcDepth) {
     for (int e = threadIdx.x; e < kPairs * kTcDepth; e += kThreads) {
       const int k = e % kTcDepth, pr = e / kTcDepth;
@@ -247,28 +288,13 @@ __device__ void project_tc(float (&z)[kOther][kPerLane], TcTiles& s, const PairT
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < kTcDepth; k += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, mma_t, wmma::row_major> fa;
-      wmma::load_matrix_sync(fa, p + row_block * 16 * kTcStride + k, kTcStride);
-#pragma unroll
-      for (int f = 0; f < 2; ++f) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, mma_t, wmma::col_major> fb;
-        wmma::load_matrix_sync(fb, wt + (col_block + f) * 16 * kTcStride + k, kTcStride);
-        wmma::mma_sync(acc[f], fa, fb, acc[f]);
-      }
+      product.mma<wmma::row_major, wmma::col_major>(p + product.row_block * 16 * kTcStride + k, kTcStride,
+                                                    wt + product.col_block * 16 * kTcStride + k, 16 * kTcStride,
+                                                    kTcStride);
     }
     __syncthreads();
   }
-#pragma unroll
-  for (int f = 0; f < 2; ++f)
-    wmma::store_matrix_sync(s.z + row_block * 16 * kZStride + (col_block + f) * 16, acc[f], kZStride,
-                            wmma::mem_row_major);
-  __syncthreads();
-  const int ty = threadIdx.x / kLanes, tx = threadIdx.x % kLanes;
-#pragma unroll
-  for (int x = 0; x < kOther; ++x)
-#pragma unroll
-    for (int c = 0; c < kPerLane; ++c) z[x][c] = s.z[(ty * kOther + x) * kZStride + tx + kLanes * c];
-  __syncthreads();
+  product.read_back<kOther, false>(z, s);
 #else
   __trap();
 #endif
@@ -353,19 +379,6 @@ constexpr int dz_stride(int R) {
 template <typename scalar_t>
 using DzType = std::conditional_t<kTensorCores<scalar_t>, typename Mma<scalar_t>::type, typename Acc<scalar_t>::type>;
 
-// Reads the fp32 accumulators of a 64 x 64 product back in the thread layout: out[x][v] is row
-// row(ty, x), column tx + 16 v of s.z.
-template <int kRowsPerThread, bool kInterleaved>
-__device__ __forceinline__ void read_back(float (&out)[kRowsPerThread][kPerLane], const TcTiles& s) {
-  const int ty = threadIdx.x / kLanes, tx = threadIdx.x % kLanes;
-#pragma unroll
-  for (int x = 0; x < kRowsPerThread; ++x) {
-    const int row = kInterleaved ? ty + kLanes * x : ty * kRowsPerThread + x;
-#pragma unroll
-    for (int v = 0; v < kPerLane; ++v) out[x][v] = s.z[row * kZStride + tx + kLanes * v];
-  }
-}
-
 // out[u][v] = Σ_pairs dz[pair, rb + ty + 16 u] p[pair, hb + tx + 16 v] with p[pair, H] = 1, on the
 // tensor cores: A = dzᵀ (column-major view of the [pair][r] tile), B = the pair tile built in bt.
 // Warp w computes r rows 16 (w / 2) .. + 15 and h column blocks 2 (w % 2) + {0, 1}.
@@ -382,28 +395,13 @@ __device__ void weight_grad_tc(float (&out)[kPerLane][kPerLane], TcTiles& s, uns
     store_operand(p + pr * kTcWide + hc, tile.template weight_operand<float>(pr, hb + hc, inner));
   }
   __syncthreads();
-  const int warp = threadIdx.x / 32, row_block = warp / 2, col_block = (warp % 2) * 2;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2];
-  wmma::fill_fragment(acc[0], 0.0f);
-  wmma::fill_fragment(acc[1], 0.0f);
+  WarpProduct product;
 #pragma unroll
   for (int k = 0; k < kPairs; k += 16) {
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, mma_t, wmma::col_major> fa;
-    wmma::load_matrix_sync(fa, dz + k * ldz + rb + row_block * 16, ldz);
-#pragma unroll
-    for (int f = 0; f < 2; ++f) {
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, mma_t, wmma::row_major> fb;
-      wmma::load_matrix_sync(fb, p + k * kTcWide + (col_block + f) * 16, kTcWide);
-      wmma::mma_sync(acc[f], fa, fb, acc[f]);
-    }
+    product.mma<wmma::col_major, wmma::row_major>(dz + k * ldz + rb + product.row_block * 16, ldz,
+                                                  p + k * kTcWide + product.col_block * 16, 16, kTcWide);
   }
-#pragma unroll
-  for (int f = 0; f < 2; ++f)
-    wmma::store_matrix_sync(s.z + row_block * 16 * kZStride + (col_block + f) * 16, acc[f], kZStride,
-                            wmma::mem_row_major);
-  __syncthreads();
-  read_back<kPerLane, true>(out, s);
-  __syncthreads();
+  product.read_back<kPerLane, true>(out, s);
 #else
   __trap();
 #endif
@@ -420,10 +418,7 @@ __device__ void input_grad_tc(float (&out)[kOther][kPerLane], TcTiles& s, unsign
   using namespace nvcuda;
   using mma_t = typename Mma<scalar_t>::type;
   mma_t* wt = reinterpret_cast<mma_t*>(bt);
-  const int warp = threadIdx.x / 32, row_block = warp / 2, col_block = (warp % 2) * 2;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2];
-  wmma::fill_fragment(acc[0], 0.0f);
-  wmma::fill_fragment(acc[1], 0.0f);
+  WarpProduct product;
   for (int r0 = 0; r0 < R; r0 += kTcDepth) {
     for (int e = threadIdx.x; e < kTcDepth * kCols; e += kThreads) {
       const int hc = e % kCols, rk = e / kCols, r = r0 + rk, h = hb + hc;
@@ -433,24 +428,12 @@ __device__ void input_grad_tc(float (&out)[kOther][kPerLane], TcTiles& s, unsign
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < kTcDepth; k += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, mma_t, wmma::row_major> fa;
-      wmma::load_matrix_sync(fa, dz + row_block * 16 * ldz + r0 + k, ldz);
-#pragma unroll
-      for (int f = 0; f < 2; ++f) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, mma_t, wmma::row_major> fb;
-        wmma::load_matrix_sync(fb, wt + k * kTcWide + (col_block + f) * 16, kTcWide);
-        wmma::mma_sync(acc[f], fa, fb, acc[f]);
-      }
+      product.mma<wmma::row_major, wmma::row_major>(dz + product.row_block * 16 * ldz + r0 + k, ldz,
+                                                    wt + k * kTcWide + product.col_block * 16, 16, kTcWide);
     }
     __syncthreads();
   }
-#pragma unroll
-  for (int f = 0; f < 2; ++f)
-    wmma::store_matrix_sync(s.z + row_block * 16 * kZStride + (col_block + f) * 16, acc[f], kZStride,
-                            wmma::mem_row_major);
-  __syncthreads();
-  read_back<kOther, false>(out, s);
-  __syncthreads();
+  product.read_back<kOther, false>(out, s);
 #else
   __trap();
 #endif
@@ -560,9 +543,9 @@ struct BackwardArgs {
   const scalar_t* bias;  // or nullptr
   const bool* key_mask;  // or nullptr
   const acc_t* inv_count;  // (B,) 1 / max(Σ_j m_j, 1)
-  acc_t* own_grad;   // da (B, N, H) in the row pass, db (B, M, H) in the column pass; zero-initialised
+  acc_t* own_grad;   // da (B, N, H) in the row pass, db (B, M, H) in the key pass; zero-initialised
   acc_t* other_grad;  // db (B, M, H) accumulated with atomics by the row pass, or nullptr
-  acc_t* slabs;  // per-block [dW | dβ] partials (R, H + 1), zero-initialised, or nullptr (column pass)
+  acc_t* slabs;  // per-block [dW | dβ] partials (R, H + 1), zero-initialised, or nullptr (key pass)
   void* dz_scratch;  // per-block dz tiles (kPairs, ldz) of DzType in device memory, or nullptr: shared memory
   int B, N, M, H, R, ldz, inner, outer;
   bool clip;  // block b owns batch element b whole: it also forms db, with a fixed-order reduction
@@ -579,9 +562,9 @@ struct OwnTile {
   acc_t* other_grad;     // (n_other, H) of this batch element, or nullptr
 };
 
-template <bool kRows, typename scalar_t>
+template <bool kRowPass, typename scalar_t>
 __device__ OwnTile<scalar_t> own_tile(const BackwardArgs<scalar_t>& args, int batch, int own0) {
-  const int n_own = kRows ? args.N : args.M, n_other = kRows ? args.M : args.N;
+  const int n_own = kRowPass ? args.N : args.M, n_other = kRowPass ? args.M : args.N;
   const bool* mask = args.key_mask ? args.key_mask + static_cast<int64_t>(batch) * args.M : nullptr;
   PairTile<scalar_t> pairs{args.a + static_cast<int64_t>(batch) * args.N * args.H,
                            args.b + static_cast<int64_t>(batch) * args.M * args.H,
@@ -591,7 +574,7 @@ __device__ OwnTile<scalar_t> own_tile(const BackwardArgs<scalar_t>& args, int ba
                            n_own,
                            n_other,
                            args.H,
-                           kRows};
+                           kRowPass};
   return {pairs, args.grad + static_cast<int64_t>(batch) * args.N * args.R, args.inv_count[batch],
           args.own_grad + static_cast<int64_t>(batch) * n_own * args.H,
           args.other_grad ? args.other_grad + static_cast<int64_t>(batch) * n_other * args.H : nullptr};
@@ -654,9 +637,9 @@ __device__ void add_weight_grad(typename Acc<scalar_t>::type* slab, BackwardTile
 }
 
 // Step 3. du[pair, h] = δ'(a_i − b_j)[h] Σ_r dz[pair, r] W[r, h]. The own side sums in the thread
-// (da in the row pass, db = −Σ_i du in the column pass); the other side, in the row pass, goes to db
+// (da in the row pass, db = −Σ_i du in the key pass); the other side, in the row pass, goes to db
 // by atomics, or in clip mode through clip_sum (kOwn x kOther x kCols) in a fixed order.
-template <bool kRows, typename scalar_t>
+template <bool kRowPass, typename scalar_t>
 __device__ void add_input_grads(BackwardTiles<scalar_t>& tiles, const DzType<scalar_t>* dz,
                                 const OwnTile<scalar_t>& own, typename Acc<scalar_t>::type* clip_sum,
                                 const BackwardArgs<scalar_t>& args) {
@@ -681,7 +664,7 @@ __device__ void add_input_grads(BackwardTiles<scalar_t>& tiles, const DzType<sca
         else if (own.other_grad != nullptr && h < H && other0 + x < pairs.n_other)
           atomicAdd(own.other_grad + static_cast<int64_t>(other0 + x) * H + h, -du);
       }
-      if (o < pairs.n_own && h < H) own.own_grad[static_cast<int64_t>(o) * H + h] += kRows ? own_sum : -own_sum;
+      if (o < pairs.n_own && h < H) own.own_grad[static_cast<int64_t>(o) * H + h] += kRowPass ? own_sum : -own_sum;
     }
     if (args.clip) {
       // db[j, h] −= Σ_own du, summed over the kOwn own items in a fixed order.
@@ -696,10 +679,10 @@ __device__ void add_input_grads(BackwardTiles<scalar_t>& tiles, const DzType<sca
 }
 static_assert(kOther * kCols == kThreads, "the clip reduction gives each thread one (key, channel)");
 
-// The backward over own tiles. Row pass (kRows): da, [dW | dβ], and db either with atomics
-// (other_grad) or, in clip mode, by a block reduction. Column pass: db only. Blocks take own tiles
+// The backward over own tiles. Row pass (kRowPass): da, [dW | dβ], and db either with atomics
+// (other_grad) or, in clip mode, by a block reduction. Key pass: db only. Blocks take own tiles
 // in a grid-stride loop; in clip mode block b takes every own tile of batch element b.
-template <bool kRows, typename scalar_t>
+template <bool kRowPass, typename scalar_t>
 __global__ void __launch_bounds__(kThreads) global_relation_backward_kernel(BackwardArgs<scalar_t> args) {
   using acc_t = typename Acc<scalar_t>::type;
   using dz_t = DzType<scalar_t>;
@@ -715,18 +698,18 @@ __global__ void __launch_bounds__(kThreads) global_relation_backward_kernel(Back
   }
   acc_t* slab = args.slabs ? args.slabs + static_cast<int64_t>(blockIdx.x) * args.R * (args.H + 1) : nullptr;
 
-  const int own_tiles = ceil_div(kRows ? args.N : args.M, kOwn);
+  const int own_tiles = ceil_div(kRowPass ? args.N : args.M, kOwn);
   const int first = args.clip ? blockIdx.x * own_tiles : blockIdx.x;
   const int last = args.clip ? first + own_tiles : args.B * own_tiles;
   const int step = args.clip ? 1 : gridDim.x;
   for (int t = first; t < last; t += step) {
-    OwnTile<scalar_t> own = own_tile<kRows>(args, t / own_tiles, (t % own_tiles) * kOwn);
+    OwnTile<scalar_t> own = own_tile<kRowPass>(args, t / own_tiles, (t % own_tiles) * kOwn);
     for (int other0 = 0; other0 < own.pairs.n_other; other0 += kOther) {
-      if (kRows && !any_key(own.pairs.mask, other0, args.M)) continue;
+      if (kRowPass && !any_key(own.pairs.mask, other0, args.M)) continue;
       own.pairs.other0 = other0;
       relation_grad(dz, tiles, own, args);
-      if (kRows) add_weight_grad(slab, tiles, dz, own.pairs, args);
-      add_input_grads<kRows>(tiles, dz, own, clip_sum, args);
+      if (kRowPass) add_weight_grad(slab, tiles, dz, own.pairs, args);
+      add_input_grads<kRowPass>(tiles, dz, own, clip_sum, args);
     }
   }
 }

@@ -350,8 +350,6 @@ void check_inputs(const at::Tensor& a, const at::Tensor& b, const std::optional<
   check_code(inner, "inner", {kRelu, kAbs});  // the sort path exists for relu and abs only
 }
 
-at::ScalarType opmath_of(at::ScalarType type) { return accumulation_type(type); }
-
 // Every activation a 1-D problem can have (docs/sort_path.md).
 void check_activation(int64_t activation) {
   TORCH_CHECK(activation == kIdentity || activation == kRelu || activation == kLeakyRelu || activation == kAbs,
@@ -382,7 +380,7 @@ at::Tensor global_relation_sort_forward_cpu(const at::Tensor& a, const at::Tenso
   const at::Tensor queries = a.contiguous();
   const at::Tensor keys = b.contiguous();
   const at::Tensor mask = key_mask.has_value() ? key_mask->contiguous() : at::Tensor();
-  at::Tensor mean = at::empty({B, N, H}, a.options().dtype(opmath_of(a.scalar_type())));
+  at::Tensor mean = at::empty({B, N, H}, a.options().dtype(accumulation_type(a.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "global_relation_sort_forward", [&] {
     using key_t = at::opmath_type<scalar_t>;
     const Inputs<scalar_t> in{queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(),
@@ -399,13 +397,13 @@ std::vector<at::Tensor> global_relation_sort_backward_cpu(const at::Tensor& grad
   check_activation(activation);
   check_inputs(a, b, key_mask, kRelu);
   const int64_t B = a.size(0), N = a.size(1), H = a.size(2), M = b.size(1);
-  const at::ScalarType opmath = opmath_of(a.scalar_type());
-  check_grad(grad_mean, "grad_mean", a.sizes(), opmath, a, /*contiguous=*/false);
+  const at::ScalarType acc = accumulation_type(a.scalar_type());
+  check_grad(grad_mean, "grad_mean", a.sizes(), acc, a, /*contiguous=*/false);
   const at::Tensor queries = a.contiguous();
   const at::Tensor keys = b.contiguous();
   const at::Tensor grad = grad_mean.contiguous();
   const at::Tensor mask = key_mask.has_value() ? key_mask->contiguous() : at::Tensor();
-  const auto options = a.options().dtype(opmath);
+  const auto options = a.options().dtype(acc);
   at::Tensor mean = at::empty({B, N, H}, options);
   at::Tensor da = at::empty({B, N, H}, options);
   at::Tensor db = at::empty({B, M, H}, options);

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import torch
 
+#: Every accepted dtype but float64: those that accumulate in float32.
+NARROW = (torch.float32, torch.bfloat16, torch.float16)
 #: Every dtype the operator accepts; a backend declares the subset it runs.
-FLOATS = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+FLOATS = (torch.float64, *NARROW)
 
 
 def accumulation(dtype: torch.dtype) -> torch.dtype:

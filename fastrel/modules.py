@@ -63,28 +63,9 @@ class RelationModule(nn.Module):
         return f"inner={self.inner!r}, outer={self.outer!r}, backend={self.backend!r}"
 
 
-def _paper_relation(
-    in_channels: int,
-    hidden_channels: Optional[int],
-    relation_channels: Optional[int],
-    inner: str,
-    outer: str,
-    backend: str,
-) -> RelationModule:
-    """The RelationModule of RGSA/RGTR; sizes left out follow the paper: hidden C/8, relation C/16."""
-    checks.positive(in_channels, "in_channels")
-    hidden = hidden_channels if hidden_channels is not None else max(in_channels // 8, 1)
-    relation = relation_channels if relation_channels is not None else max(in_channels // 16, 1)
-    return RelationModule(in_channels, hidden, relation, inner=inner, outer=outer, backend=backend)
-
-
-class RGSA(nn.Module):
-    """Relation-guided spatial attention: feature map (B, C, Hf, Wf) → frame feature (B, C).
-
-    Each position's score is BN(FC([x_i ; g_i])) (a 1×1 receptive field), α = softmax over the
-    positions, and the frame feature is Σ_i α_i x_i. ``return_attention=True`` also returns α
-    as (B, Hf, Wf).
-    """
+class _RelationGuided(nn.Module):
+    """What RGSA and RGTR share: a RelationModule with the paper's sizes (hidden C/8, relation C/16
+    where left out), then the head each builds over [x ; g] (``_build_head``)."""
 
     def __init__(
         self,
@@ -97,10 +78,28 @@ class RGSA(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        self.relation = _paper_relation(in_channels, hidden_channels, relation_channels, inner, outer, backend)
+        checks.positive(in_channels, "in_channels")
+        hidden = hidden_channels if hidden_channels is not None else max(in_channels // 8, 1)
+        relation = relation_channels if relation_channels is not None else max(in_channels // 16, 1)
+        self.relation = RelationModule(in_channels, hidden, relation, inner=inner, outer=outer, backend=backend)
         self.in_channels = in_channels
+        self._build_head(in_channels, self.relation.relation_channels)
+
+    def _build_head(self, in_channels: int, relation_channels: int) -> None:
+        raise NotImplementedError
+
+
+class RGSA(_RelationGuided):
+    """Relation-guided spatial attention: feature map (B, C, Hf, Wf) → frame feature (B, C).
+
+    Each position's score is BN(FC([x_i ; g_i])) (a 1×1 receptive field), α = softmax over the
+    positions, and the frame feature is Σ_i α_i x_i. ``return_attention=True`` also returns α
+    as (B, Hf, Wf).
+    """
+
+    def _build_head(self, in_channels: int, relation_channels: int) -> None:
         # BN follows: a bias would be void.
-        self.score = nn.Linear(in_channels + self.relation.relation_channels, 1, bias=False)
+        self.score = nn.Linear(in_channels + relation_channels, 1, bias=False)
         self.norm = nn.BatchNorm1d(1)
 
     def forward(self, x: Tensor, return_attention: bool = False):
@@ -117,27 +116,15 @@ class RGSA(nn.Module):
         return feature
 
 
-class RGTR(nn.Module):
+class RGTR(_RelationGuided):
     """Relation-guided temporal refinement: frame features (B, T, C) → (clip (B, C), refined (B, T, C)).
 
     Refined f'_t = BN(FC([f_t ; g_t])) with g over the valid frames; the clip feature is the mean
     of the valid refined frames. Clips of different lengths: ``lengths`` (B,) or ``mask`` (B, T).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        hidden_channels: Optional[int] = None,
-        relation_channels: Optional[int] = None,
-        *,
-        inner: str = "relu",
-        outer: str = "relu",
-        backend: str = "auto",
-    ) -> None:
-        super().__init__()
-        self.relation = _paper_relation(in_channels, hidden_channels, relation_channels, inner, outer, backend)
-        self.in_channels = in_channels
-        self.refine = nn.Linear(in_channels + self.relation.relation_channels, in_channels, bias=False)  # BN follows
+    def _build_head(self, in_channels: int, relation_channels: int) -> None:
+        self.refine = nn.Linear(in_channels + relation_channels, in_channels, bias=False)  # BN follows
         self.norm = nn.BatchNorm1d(in_channels)
 
     def forward(

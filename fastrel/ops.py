@@ -67,18 +67,15 @@ def _select(backend: str, device: str, dtype: torch.dtype, inner: str, outer: st
     return backends.select(backend, device, dtype, inner, outer, deterministic, shape)
 
 
-@torch.library.custom_op("fastrel::global_relation", mutates_args=())
-def _global_relation(
-    a: Tensor,
-    b: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor],
-    key_mask: Optional[Tensor],
-    inner: str,
-    outer: str,
-    backend: str,
-    deterministic: bool,
-) -> Tensor:
+#: The inputs both ops take, after the backward's ``grad``: one schema, so the two cannot drift apart.
+_INPUTS = (
+    "Tensor a, Tensor b, Tensor weight, Tensor? bias, Tensor? key_mask, str inner, str outer, str backend, "
+    "bool deterministic"
+)
+
+
+@torch.library.custom_op("fastrel::global_relation", mutates_args=(), schema=f"({_INPUTS}) -> Tensor")
+def _global_relation(a, b, weight, bias, key_mask, inner, outer, backend, deterministic) -> Tensor:
     return backends.get(backend).forward(a, b, weight, bias, key_mask, inner, outer)
 
 
@@ -87,18 +84,13 @@ def _(a, b, weight, bias, key_mask, inner, outer, backend, deterministic):
     return a.new_empty(a.shape[0], a.shape[1], weight.shape[0])
 
 
-@torch.library.custom_op("fastrel::global_relation_backward", mutates_args=())
+@torch.library.custom_op(
+    "fastrel::global_relation_backward",
+    mutates_args=(),
+    schema=f"(Tensor grad, {_INPUTS}) -> (Tensor, Tensor, Tensor, Tensor)",
+)
 def _global_relation_backward(
-    grad: Tensor,
-    a: Tensor,
-    b: Tensor,
-    weight: Tensor,
-    bias: Optional[Tensor],
-    key_mask: Optional[Tensor],
-    inner: str,
-    outer: str,
-    backend: str,
-    deterministic: bool,
+    grad, a, b, weight, bias, key_mask, inner, outer, backend, deterministic
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     da, db, dweight, dbias = backends.get(backend).backward(
         grad.contiguous(), a, b, weight, bias, key_mask, inner, outer, deterministic

@@ -22,6 +22,18 @@ def _valid_keys(b: torch.Tensor, key_mask: torch.Tensor | None) -> tuple[torch.T
     return keys, m, n
 
 
+def _pairs(
+    a: torch.Tensor, keys: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, inner: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every pair (B, N, M, ·): d = a_i − b_j, p = δ(d) and z = W_r p + β_r."""
+    d = a[:, :, None, :] - keys[:, None, :, :]
+    p = activations.activate(d, inner)
+    z = torch.matmul(p, weight.t())
+    if bias is not None:
+        z = z + bias
+    return d, p, z
+
+
 def global_relation(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -34,32 +46,19 @@ def global_relation(
 ) -> torch.Tensor:
     """g_i = Σ_j m_j σ(W_r δ(a_i − b_j) + β_r) / max(Σ_j m_j, 1); a: (B, N, H), b: (B, M, H) → (B, N, R)."""
     keys, m, n = _valid_keys(b, key_mask)
-    p = activations.activate(a[:, :, None, :] - keys[:, None, :, :], inner)  # (B, N, M, H)
-    z = torch.matmul(p, weight.t())  # (B, N, M, R)
-    if bias is not None:
-        z = z + bias
+    _, _, z = _pairs(a, keys, weight, bias, inner)
     r = activations.activate(z, outer)
     return torch.where(m[:, None, :, None], r, 0.0).sum(dim=2) / n
 
 
 def global_relation_backward(
-    grad: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    *,
-    inner: str = "relu",
-    outer: str = "relu",
-    key_mask: torch.Tensor | None = None,
+    grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+    key_mask: torch.Tensor | None, inner: str, outer: str, deterministic: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The backward of docs/math.md written out: (da, db, dweight, dbias), materialising."""
+    """The backward of docs/math.md written out: (da, db, dweight, dbias), materialising. It takes a
+    backend's arguments (fastrel.backends.base.Backward) and is deterministic whatever ``deterministic``."""
     keys, m, n = _valid_keys(b, key_mask)
-    d = a[:, :, None, :] - keys[:, None, :, :]  # (B, N, M, H)
-    p = activations.activate(d, inner)
-    z = torch.matmul(p, weight.t())
-    if bias is not None:
-        z = z + bias
+    d, p, z = _pairs(a, keys, weight, bias, inner)
     dz = torch.where(m[:, None, :, None], activations.derivative(z, outer) * (grad / n)[:, :, None, :], 0.0)
     du = activations.derivative(d, inner) * torch.matmul(dz, weight)  # (B, N, M, H)
     dweight = torch.einsum("bnmr,bnmh->rh", dz, p)

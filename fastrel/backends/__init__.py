@@ -37,9 +37,7 @@ def select(
     that do not depend on sizes apply.
     """
     if backend != "auto":
-        if backend not in BACKENDS:
-            raise ValueError(f"backend: expected 'auto' or one of {list(BACKENDS)}, got {backend!r}")
-        reason = BACKENDS[backend].refusal(device, dtype, inner, outer, deterministic)
+        reason = get(backend).refusal(device, dtype, inner, outer, deterministic)
         if reason is not None:
             raise ValueError(f"backend: {reason}")
         return backend
@@ -57,6 +55,9 @@ def select(
 
 
 def get(name: str) -> Backend:
+    """The backend registered as ``name``; a ValueError naming the known ones otherwise."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend: expected 'auto' or one of {list(BACKENDS)}, got {name!r}")
     return BACKENDS[name]
 
 

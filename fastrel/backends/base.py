@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from fastrel import activations
+from fastrel import activations, dtypes
 
 Tensor = torch.Tensor
 
@@ -86,10 +86,10 @@ class Backend:
 
     name: str
     summary: str
-    devices: tuple[str, ...]
-    dtypes: tuple[torch.dtype, ...]
     forward: Forward
     backward: Backward
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[torch.dtype, ...] = dtypes.FLOATS
     probe: Callable[[], Optional[str]] = field(default=lambda: None)
     inner: tuple[str, ...] = activations.INNER
     outer: tuple[str, ...] = activations.OUTER

@@ -6,19 +6,11 @@ the reference's O(B·N·M·H). Reductions run in a fixed order: results are dete
 
 from __future__ import annotations
 
-from fastrel import dtypes
 from fastrel.backends import native
-from fastrel.backends.base import Backend
 
-_forward, _backward = native.kernels("cpu")
-
-BACKEND = Backend(
-    name="cpu",
+BACKEND = native.backend(
+    "cpu",
     summary="fused C++ kernels, tiled over pairs, O(B·N·H) memory, deterministic",
-    devices=("cpu",),
-    dtypes=dtypes.FLOATS,
-    forward=_forward,
-    backward=_backward,
     probe=native.unavailable,
     deterministic=True,
 )

@@ -4,7 +4,7 @@ WMMA tensor cores for bfloat16/float16 (fp32 accumulation), plain fp32 and fp64 
 outer = identity case takes the exact fast path. For sets of at most 64 items (clips) the backward
 runs one block per clip, which forms da, db and [dW | dβ] in one launch, in a fixed order, without
 atomics. Larger sets: deterministic without atomics when asked (a row pass for da and [dW | dβ],
-a column pass for db), else one pass with atomics.
+a key pass for db), else one pass with atomics.
 
 Its role: the better kernel for small sets and fp64, not for large sets in 16-bit or fp32, where
 Triton's larger tensor-core tiles win (``PREFERRED`` says why; a static estimate until a GPU has run).
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from fastrel.backends import native
-from fastrel.backends.base import SMALL_SET_ITEMS, Backend, Preference
+from fastrel.backends.base import SMALL_SET_ITEMS, Preference
 
 
 def probe() -> str | None:
@@ -31,12 +31,10 @@ def probe() -> str | None:
     return None
 
 
-forward, backward = native.kernels("cuda")
-
 PREFERRED = (
     Preference(
         "small sets (RGTR clips): the backward runs one block per clip, forming da, db and [dW | dβ] in "
-        "one launch with fixed-order sums, no column pass and no atomics; Triton's tiles of >= 64 pairs "
+        "one launch with fixed-order sums, no key pass and no atomics; Triton's tiles of >= 64 pairs "
         "would be mostly padding (static estimate, not yet measured on a GPU)",
         devices=("cuda",),
         max_items=SMALL_SET_ITEMS,
@@ -48,13 +46,9 @@ PREFERRED = (
     ),
 )
 
-BACKEND = Backend(
-    name="cuda",
+BACKEND = native.backend(
+    "cuda",
     summary="CUDA C++ kernels: WMMA for bf16/fp16, FMA for fp32/fp64, one-block-per-clip deterministic backward",
-    devices=("cuda",),
-    dtypes=(torch.float64, torch.float32, torch.bfloat16, torch.float16),
-    forward=forward,
-    backward=backward,
     probe=probe,
     preferred=PREFERRED,
 )

@@ -7,13 +7,14 @@ as unavailable, with the reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
 from typing import Optional
 
 import torch
 
 from fastrel.activations import CODES
-from fastrel.backends.base import Backward, Forward
+from fastrel.backends.base import Backend, Backward, Forward
 
 Tensor = torch.Tensor
 
@@ -64,3 +65,9 @@ def kernels(device: str) -> tuple[Forward, Backward]:
         return tuple(run(grad, a, b, weight, bias, key_mask, CODES[inner], CODES[outer], deterministic))
 
     return forward, backward
+
+
+def backend(device: str, summary: str, probe: Callable[[], Optional[str]], **declared) -> Backend:
+    """The backend named ``device`` that runs fastrel._C's kernels for that device, in every dtype."""
+    forward, backward = kernels(device)
+    return Backend(device, summary, forward, backward, devices=(device,), probe=probe, **declared)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastrel import dtypes, reference
+from fastrel import reference
 from fastrel.backends.base import Backend
 
 
@@ -10,17 +10,9 @@ def forward(a, b, weight, bias, key_mask, inner, outer):
     return reference.global_relation(a, b, weight, bias, inner=inner, outer=outer, key_mask=key_mask)
 
 
-def backward(grad, a, b, weight, bias, key_mask, inner, outer, deterministic):
-    return reference.global_relation_backward(
-        grad, a, b, weight, bias, inner=inner, outer=outer, key_mask=key_mask
-    )
-
-
 BACKEND = Backend(
     name="reference",
     summary="plain PyTorch, materialises every pair (B·N·M·H memory)",
-    devices=("cpu", "cuda"),
-    dtypes=dtypes.FLOATS,
     forward=forward,
-    backward=backward,
+    backward=reference.global_relation_backward,
 )

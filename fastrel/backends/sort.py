@@ -73,11 +73,6 @@ def _use_native(q: Tensor, s: Tensor) -> bool:
     )
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype D, its gradient and the GEMMs around it are kept in: float64 for float64, else float32."""
-    return dtypes.accumulation(dtype)
-
-
 def _key_counts(s: Tensor, key_mask: Tensor | None) -> Tensor:
     """Number of valid keys per batch element, (B,) int64."""
     if key_mask is None:
@@ -96,7 +91,7 @@ class _SortedKeys:
 
     def __init__(self, s: Tensor, key_mask: Tensor | None) -> None:
         B, M, _ = s.shape
-        keys = s.transpose(1, 2).to(compute_dtype(s.dtype))  # (B, C, M), exact conversion
+        keys = s.transpose(1, 2).to(dtypes.accumulation(s.dtype))  # (B, C, M), exact conversion
         valid = torch.ones_like(keys, dtype=torch.bool) if key_mask is None else key_mask[:, None, :].expand_as(keys)
         finite = valid & torch.isfinite(keys)
         self.keys, self.valid = keys, valid
@@ -153,17 +148,17 @@ def _slope_at_nan(act: str) -> float:
 
 
 def _torch_mean_activation(q: Tensor, s: Tensor, key_mask: Tensor | None, act: str) -> Tensor:
-    """Φ (B, N, C) = mean_j m_j φ(q_i − s_j) in compute_dtype(q.dtype)."""
+    """Φ (B, N, C) = mean_j m_j φ(q_i − s_j) in dtypes.accumulation(q.dtype)."""
     keys = _SortedKeys(s, key_mask)
-    total, _ = keys.relate(q.transpose(1, 2).to(compute_dtype(q.dtype)).contiguous(), act)
-    return (total / keys.n).to(compute_dtype(q.dtype)).transpose(1, 2).contiguous()
+    total, _ = keys.relate(q.transpose(1, 2).to(dtypes.accumulation(q.dtype)).contiguous(), act)
+    return (total / keys.n).to(dtypes.accumulation(q.dtype)).transpose(1, 2).contiguous()
 
 
 def _torch_mean_activation_backward(
     grad_mean: Tensor, q: Tensor, s: Tensor, key_mask: Tensor | None, act: str
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(Φ, dL/dq, dL/ds) given dL/dΦ; all (B, ·, C) in compute_dtype(q.dtype)."""
-    dtype = compute_dtype(q.dtype)
+    """(Φ, dL/dq, dL/ds) given dL/dΦ; all (B, ·, C) in dtypes.accumulation(q.dtype)."""
+    dtype = dtypes.accumulation(q.dtype)
     every, above, below = SPLITS[act]
     keys = _SortedKeys(s, key_mask)
     queries = q.transpose(1, 2).to(dtype).contiguous()  # (B, C, N)
@@ -198,7 +193,7 @@ def _without_excluded(s: Tensor, key_mask: Tensor | None) -> Tensor:
 
 
 def mean_activation(q: Tensor, s: Tensor, key_mask: Tensor | None, act: str) -> Tensor:
-    """Φ (B, N, C) = Σ_j m_j φ(q_i − s_j) / max(Σ_j m_j, 1), in compute_dtype(q.dtype)."""
+    """Φ (B, N, C) = Σ_j m_j φ(q_i − s_j) / max(Σ_j m_j, 1), in dtypes.accumulation(q.dtype)."""
     s = _without_excluded(s, key_mask)
     if _use_native(q, s):
         return native().global_relation_sort_forward_cpu(q, s, key_mask, activations.CODES[act])
@@ -208,7 +203,7 @@ def mean_activation(q: Tensor, s: Tensor, key_mask: Tensor | None, act: str) -> 
 def mean_activation_backward(
     grad_mean: Tensor, q: Tensor, s: Tensor, key_mask: Tensor | None, act: str
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(Φ, dL/dq, dL/ds) given dL/dΦ (B, N, C), in compute_dtype(q.dtype)."""
+    """(Φ, dL/dq, dL/ds) given dL/dΦ (B, N, C), in dtypes.accumulation(q.dtype)."""
     s = _without_excluded(s, key_mask)
     if _use_native(q, s):
         mean, dq, ds = native().global_relation_sort_backward_cpu(grad_mean, q, s, key_mask, activations.CODES[act])
@@ -232,8 +227,8 @@ def _relation_side(inner: str, outer: str) -> bool:
 
 
 def _projected(a: Tensor, b: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
-    """q = a W_rᵀ + β_r and s = b W_rᵀ, so that z_ij = q_i − s_j, in compute_dtype(a.dtype)."""
-    dtype = compute_dtype(a.dtype)
+    """q = a W_rᵀ + β_r and s = b W_rᵀ, so that z_ij = q_i − s_j, in dtypes.accumulation(a.dtype)."""
+    dtype = dtypes.accumulation(a.dtype)
     w = weight.to(dtype)
     q = torch.matmul(a.to(dtype), w.t())
     if bias is not None:
@@ -245,7 +240,7 @@ def forward(a, b, weight, bias, key_mask, inner, outer):
     if _relation_side(inner, outer):
         q, s = _projected(a, b, weight, bias)
         return mean_activation(q, s, key_mask, outer).to(a.dtype)
-    dtype = compute_dtype(a.dtype)
+    dtype = dtypes.accumulation(a.dtype)
     g = torch.matmul(mean_activation(a, b, key_mask, inner), weight.to(dtype).t())  # (B, N, R)
     if bias is not None:
         g = g + bias.to(dtype) * _has_key(b, key_mask, dtype)
@@ -253,7 +248,7 @@ def forward(a, b, weight, bias, key_mask, inner, outer):
 
 
 def backward(grad, a, b, weight, bias, key_mask, inner, outer, deterministic):
-    dtype = compute_dtype(a.dtype)
+    dtype = dtypes.accumulation(a.dtype)
     grad = grad.to(dtype)
     if _relation_side(inner, outer):
         q, s = _projected(a, b, weight, bias)
@@ -274,8 +269,6 @@ def backward(grad, a, b, weight, bias, key_mask, inner, outer, deterministic):
 BACKEND = Backend(
     name="sort",
     summary="exact O((N+M) log M) path where inner or outer is the identity (C++ on CPU, else torch ops)",
-    devices=("cpu", "cuda"),
-    dtypes=(torch.float64, torch.float32, torch.bfloat16, torch.float16),
     forward=forward,
     backward=backward,
     inner=("relu", "abs", "leaky_relu", "identity"),

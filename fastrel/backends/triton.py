@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import torch
 
+from fastrel import dtypes
 from fastrel.backends.base import SMALL_SET_ITEMS, Backend, Preference
 from fastrel.kernels import interpreting
 
 _INTERPRETING = interpreting()
 
 
-def _probe() -> str | None:
+def probe() -> str | None:
     try:
         import triton  # noqa: F401
 
@@ -27,13 +28,13 @@ def _probe() -> str | None:
     return None
 
 
-def _forward(a, b, weight, bias, key_mask, inner, outer):
+def forward(a, b, weight, bias, key_mask, inner, outer):
     from fastrel.kernels import global_relation
 
     return global_relation.forward(a, b, weight, bias, key_mask, inner, outer)
 
 
-def _backward(grad, a, b, weight, bias, key_mask, inner, outer, deterministic):
+def backward(grad, a, b, weight, bias, key_mask, inner, outer, deterministic):
     from fastrel.kernels import global_relation
 
     return global_relation.backward(grad, a, b, weight, bias, key_mask, inner, outer, deterministic)
@@ -44,17 +45,17 @@ BACKEND = Backend(
     summary="fused Triton kernels: tensor-core pair tiles recomputed in the backward; db by relaxed atomics, "
     "or a second pass without atomics in deterministic mode",
     devices=("cuda", "cpu") if _INTERPRETING else ("cuda",),
-    dtypes=(torch.float32, torch.bfloat16, torch.float16) + ((torch.float64,) if _INTERPRETING else ()),
-    forward=_forward,
-    backward=_backward,
-    probe=_probe,
+    dtypes=dtypes.FLOATS if _INTERPRETING else dtypes.NARROW,
+    forward=forward,
+    backward=backward,
+    probe=probe,
     deterministic=True,
     preferred=(
         Preference(
             "sets larger than a clip: tensor-core tiles of >= 64 pairs stay full (static estimate, "
             "not yet measured on a GPU)",
             devices=("cuda",),
-            dtypes=(torch.float32, torch.bfloat16, torch.float16),
+            dtypes=dtypes.NARROW,
             min_items=SMALL_SET_ITEMS + 1,
         ),
     ),

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from train.data.matfile import load_int_matrix
-from train.data.tracklet import VideoDataset, require_dir
-from train.data.two_camera import two_camera_split
+from train.data.tracklet import VideoDataset
+from train.data.two_camera import camera_dirs, two_camera_split
 
 ILIDS_FRAME = re.compile(r"_(\d+)\.png$")
 SPLITS_FILE = Path("train-test people splits") / "train_test_splits_ilidsvid.mat"
@@ -21,12 +21,8 @@ SPLITS_FILE = Path("train-test people splits") / "train_test_splits_ilidsvid.mat
 
 def read_ilidsvid(root: str | Path, *, split_id: int = 0, protocol: str = "torchreid") -> VideoDataset:
     """Load split `split_id` of iLIDS-VID from `root` (holding i-LIDS-VID/ and the splits folder)."""
-    root = require_dir(Path(root), "iLIDS-VID root")
-    sequences = root / "i-LIDS-VID" / "sequences"
-    cam_dirs = (
-        require_dir(sequences / "cam1", "iLIDS-VID cam1"),
-        require_dir(sequences / "cam2", "iLIDS-VID cam2"),
-    )
+    root = Path(root)
+    cam_dirs = camera_dirs(root, "iLIDS-VID", Path("i-LIDS-VID", "sequences"), ("cam1", "cam2"))
     persons = sorted(p.name for p in cam_dirs[0].iterdir() if p.is_dir())
     others = sorted(p.name for p in cam_dirs[1].iterdir() if p.is_dir())
     if persons != others:

@@ -10,8 +10,8 @@ import json
 import re
 from pathlib import Path
 
-from train.data.tracklet import VideoDataset, is_plain_name, require_dir, require_file
-from train.data.two_camera import two_camera_split
+from train.data.tracklet import VideoDataset, is_plain_name, require_file
+from train.data.two_camera import camera_dirs, two_camera_split
 
 PRID_FRAME = re.compile(r"(\d+)\.png$")
 SPLITS_FILE = "splits_prid2011.json"
@@ -47,11 +47,6 @@ def _read_split(path: Path, split_id: int) -> tuple[list[str], list[str]]:
 
 def read_prid2011(root: str | Path, *, split_id: int = 0, protocol: str = "torchreid") -> VideoDataset:
     """Load split `split_id` of PRID-2011 from `root` (holding prid_2011/ and splits_prid2011.json)."""
-    root = require_dir(Path(root), "PRID-2011 root")
-    multi_shot = root / "prid_2011" / "multi_shot"
-    cam_dirs = (
-        require_dir(multi_shot / "cam_a", "PRID-2011 cam_a"),
-        require_dir(multi_shot / "cam_b", "PRID-2011 cam_b"),
-    )
-    train, test = _read_split(root / SPLITS_FILE, split_id)
+    cam_dirs = camera_dirs(root, "PRID-2011", Path("prid_2011", "multi_shot"), ("cam_a", "cam_b"))
+    train, test = _read_split(Path(root) / SPLITS_FILE, split_id)
     return two_camera_split("prid2011", train, test, cam_dirs, PRID_FRAME, protocol)

@@ -10,7 +10,13 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from train.data.tracklet import PROTOCOLS, Tracklet, VideoDataset, sort_by_frame_number
+from train.data.tracklet import PROTOCOLS, Tracklet, VideoDataset, require_dir, sort_by_frame_number
+
+
+def camera_dirs(root: str | Path, label: str, folder: Path, cams: tuple[str, str]) -> tuple[Path, Path]:
+    """The two camera folders `root/folder/cams[k]`, each checked to exist; `label` names the dataset."""
+    base = require_dir(Path(root), f"{label} root") / folder
+    return require_dir(base / cams[0], f"{label} {cams[0]}"), require_dir(base / cams[1], f"{label} {cams[1]}")
 
 
 def _tracklets(
