@@ -65,6 +65,15 @@ def valid_keys(mask_ptr, bat, keys, M, HAS_MASK: tl.constexpr):
 
 
 @triton.jit
+def _weight_halves(w_ptr, r, h0, h1, R, H):
+    """The W_r slice (rows r) as two H halves, loaded once per program: the shared-memory
+    operands of every product of the walk."""
+    w0 = tl.load(w_ptr + r[:, None] * H + h0[None, :], mask=(r < R)[:, None] & (h0 < H)[None, :], other=0.0)
+    w1 = tl.load(w_ptr + r[:, None] * H + h1[None, :], mask=(r < R)[:, None] & (h1 < H)[None, :], other=0.0)
+    return w0, w1
+
+
+@triton.jit
 def _pair_difference_t(a_t, b_t):
     """dᵀ (H, BLOCK_P): column i·BLOCK_J + j holds a_i − b_j; a_t (H, BLOCK_I), b_t (H, BLOCK_J)."""
     return tl.reshape(a_t[:, :, None] - b_t[:, None, :], (a_t.shape[0], a_t.shape[1] * b_t.shape[1]))
@@ -142,9 +151,7 @@ def backward_rows_kernel(
     h0 = tl.arange(0, HALF)
     h1 = HALF + h0
     r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    # The W_r slice, loaded once as two H halves: shared-memory operands for the whole walk.
-    w0 = tl.load(w_ptr + r[:, None] * H + h0[None, :], mask=(r < R)[:, None] & (h0 < H)[None, :], other=0.0)
-    w1 = tl.load(w_ptr + r[:, None] * H + h1[None, :], mask=(r < R)[:, None] & (h1 < H)[None, :], other=0.0)
+    w0, w1 = _weight_halves(w_ptr, r, h0, h1, R, H)
     bias = tl.load(bias_ptr + r, mask=r < R, other=0.0).to(ACC) if HAS_BIAS else None
     dw0 = tl.zeros((BLOCK_R, HALF), dtype=ACC)
     dw1 = tl.zeros((BLOCK_R, HALF), dtype=ACC)
@@ -196,8 +203,7 @@ def backward_keys_kernel(
     h0 = tl.arange(0, HALF)
     h1 = HALF + h0
     r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    w0 = tl.load(w_ptr + r[:, None] * H + h0[None, :], mask=(r < R)[:, None] & (h0 < H)[None, :], other=0.0)
-    w1 = tl.load(w_ptr + r[:, None] * H + h1[None, :], mask=(r < R)[:, None] & (h1 < H)[None, :], other=0.0)
+    w0, w1 = _weight_halves(w_ptr, r, h0, h1, R, H)
     bias = tl.load(bias_ptr + r, mask=r < R, other=0.0).to(ACC) if HAS_BIAS else None
 
     n_blocks = tl.cdiv(M, BLOCK_J)
