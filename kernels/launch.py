@@ -106,7 +106,7 @@ def backward_tile(x: torch.Tensor, n_own: int, n_loop: int, deterministic: bool)
         return IEEE_BACKWARD_TILE, False
     small = small_set_tile(n_own, n_loop)
     if small is not None:
-        return (*small, BACKWARD_FIXED[2], BACKWARD_FIXED[3]), False
+        return (*small, BACKWARD_FIXED[2], 1), False
     if x.device.type == "cuda" and _capability(x) < 9:
         return BACKWARD_FIXED_SM80, False
     return BACKWARD_FIXED, not deterministic
