@@ -143,34 +143,6 @@ def _row_half_step(
 
 
 @triton.jit
-def _row_step(
-    a_ptr, b_ptr, mask_ptr, db_ptr, bat, rows, j0, N, M, H, h0, h1, w0, w1, bias, dg,
-    da0, da1, dw0, dw1, dbias_acc,
-    ATOMIC_DB: tl.constexpr, INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    ACC: tl.constexpr, DIFF: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_J: tl.constexpr,
-):  # fmt: skip
-    """Row pass, one key tile (keys j0 …): the accumulators with the tile's terms added."""
-    keys = j0 + tl.arange(0, BLOCK_J)
-    # The a-tile is read per step (an L1 hit): hoisted, its copies in the register layouts
-    # of the pair tile would stay live across the loop.
-    keys_ok = valid_keys(mask_ptr, bat, keys, M, HAS_MASK)
-    a0 = _load_t(a_ptr, bat, rows, rows < N, N, h0, H).to(DIFF)
-    a1 = _load_t(a_ptr, bat, rows, rows < N, N, h1, H).to(DIFF)
-    # An excluded key is read as 0, as the reference replaces it: its NaN or inf stays out.
-    b0 = _load_t(b_ptr, bat, keys, keys_ok, M, h0, H).to(DIFF)
-    b1 = _load_t(b_ptr, bat, keys, keys_ok, M, h1, H).to(DIFF)
-    dz_op = _relation_gradient_t(
-        a0, b0, a1, b1, w0, w1, bias, dg, rows < N, keys_ok, INNER, OUTER, HAS_BIAS, ACC, DOT, PRECISION
-    )
-    dbias_acc += tl.sum(dz_op.to(ACC), axis=1)
-    du, p = _half_gradient_t(a0, b0, w0, dz_op, INNER, ACC, DOT, PRECISION)
-    da0, dw0 = _row_half_step(du, p, dz_op, da0, dw0, db_ptr, bat, keys, M, h0, H, ATOMIC_DB, ACC, PRECISION)
-    du, p = _half_gradient_t(a1, b1, w1, dz_op, INNER, ACC, DOT, PRECISION)
-    da1, dw1 = _row_half_step(du, p, dz_op, da1, dw1, db_ptr, bat, keys, M, h1, H, ATOMIC_DB, ACC, PRECISION)
-    return da0, da1, dw0, dw1, dbias_acc
-
-
-@triton.jit
 def backward_rows_kernel(
     a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, inv_count_ptr, grad_ptr,
     da_part_ptr, dw_part_ptr, dbias_part_ptr, db_ptr,
@@ -197,19 +169,29 @@ def backward_rows_kernel(
         dg = _load_t(grad_ptr, bat, rows, rows < N, N, r, R).to(ACC) * tl.load(inv_count_ptr + bat)
         da0 = tl.zeros((HALF, BLOCK_I), dtype=ACC)
         da1 = tl.zeros((HALF, BLOCK_I), dtype=ACC)
+        # A small set (an RGTR clip) is one key tile: a loop of one constant step, which the
+        # compiler removes, so that nothing is carried or prefetched across steps.
+        key_end = M
         if ONE_KEY_TILE:
-            da0, da1, dw0, dw1, dbias_acc = _row_step(
-                a_ptr, b_ptr, mask_ptr, db_ptr, bat, rows, 0, N, M, H, h0, h1, w0, w1, bias, dg,
-                da0, da1, dw0, dw1, dbias_acc, ATOMIC_DB, INNER, OUTER, HAS_BIAS, HAS_MASK, ACC, DIFF, DOT, PRECISION,
-                BLOCK_J,
-            )  # fmt: skip
-        else:
-            for j0 in range(0, M, BLOCK_J):
-                da0, da1, dw0, dw1, dbias_acc = _row_step(
-                    a_ptr, b_ptr, mask_ptr, db_ptr, bat, rows, j0, N, M, H, h0, h1, w0, w1, bias, dg,
-                    da0, da1, dw0, dw1, dbias_acc, ATOMIC_DB, INNER, OUTER, HAS_BIAS, HAS_MASK, ACC, DIFF, DOT, PRECISION,
-                    BLOCK_J,
-                )  # fmt: skip
+            key_end = 1
+        for j0 in range(0, key_end, BLOCK_J):
+            keys = j0 + tl.arange(0, BLOCK_J)
+            # The a-tile is read per step (an L1 hit): hoisted, its copies in the register layouts
+            # of the pair tile would stay live across the loop.
+            keys_ok = valid_keys(mask_ptr, bat, keys, M, HAS_MASK)
+            a0 = _load_t(a_ptr, bat, rows, rows < N, N, h0, H).to(DIFF)
+            a1 = _load_t(a_ptr, bat, rows, rows < N, N, h1, H).to(DIFF)
+            # An excluded key is read as 0, as the reference replaces it: its NaN or inf stays out.
+            b0 = _load_t(b_ptr, bat, keys, keys_ok, M, h0, H).to(DIFF)
+            b1 = _load_t(b_ptr, bat, keys, keys_ok, M, h1, H).to(DIFF)
+            dz_op = _relation_gradient_t(
+                a0, b0, a1, b1, w0, w1, bias, dg, rows < N, keys_ok, INNER, OUTER, HAS_BIAS, ACC, DOT, PRECISION
+            )
+            dbias_acc += tl.sum(dz_op.to(ACC), axis=1)
+            du, p = _half_gradient_t(a0, b0, w0, dz_op, INNER, ACC, DOT, PRECISION)
+            da0, dw0 = _row_half_step(du, p, dz_op, da0, dw0, db_ptr, bat, keys, M, h0, H, ATOMIC_DB, ACC, PRECISION)
+            du, p = _half_gradient_t(a1, b1, w1, dz_op, INNER, ACC, DOT, PRECISION)
+            da1, dw1 = _row_half_step(du, p, dz_op, da1, dw1, db_ptr, bat, keys, M, h1, H, ATOMIC_DB, ACC, PRECISION)
         _store_t(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h0, H, da0)
         _store_t(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h1, H, da1)
     tl.store(dw_part_ptr + (program * R + r[:, None]) * H + h0[None, :], dw0, mask=(r < R)[:, None] & (h0 < H)[None, :])

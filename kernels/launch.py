@@ -105,7 +105,7 @@ def backward_tile(x: torch.Tensor, n_own: int, n_loop: int, deterministic: bool)
     if x.device.type == "cuda" and precision(x.dtype) == "ieee":
         return IEEE_BACKWARD_TILE, False
     small = small_set_tile(n_own, n_loop)
-    if small is not None:
+    if small is not None:  # one step per work item: a second stage would prefetch the next item and spill
         return (*small, BACKWARD_FIXED[2], 1), False
     if x.device.type == "cuda" and _capability(x) < 9:
         return BACKWARD_FIXED_SM80, False
