@@ -49,6 +49,9 @@ constexpr int kTcDepth = 32;             // reduction chunk of the tensor-core p
 constexpr int kTcStride = kTcDepth + 8;  // 80-byte rows: fragment pointers stay 32-byte aligned
 constexpr int kZStride = kCols + 4;      // fp32 accumulator tile row
 constexpr int kMaxClipItems = 64;        // the backward handles a whole clip in one block up to here
+// One resident block per SM is all the main kernels ask of ptxas: with no minimum it held them at
+// 128 registers (80 in the fp32 forward) and spilled up to 168 B per thread.
+constexpr int kMinBlocks = 1;
 
 static_assert(kLanes * kOwn == kThreads, "one thread per (own item, lane)");
 
@@ -322,7 +325,7 @@ struct ProjectTiles<scalar_t, true> {
 
 // g (B, N, R). Grid: B x row tiles x column tiles (grid_tile); block (b, i0 .. i0 + 15, r0 .. r0 + 63).
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
     global_relation_forward_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
                                    const scalar_t* __restrict__ w, const scalar_t* __restrict__ bias,
                                    const bool* __restrict__ key_mask,
@@ -683,7 +686,7 @@ static_assert(kOther * kCols == kThreads, "the clip reduction gives each thread 
 // (other_grad) or, in clip mode, by a block reduction. Key pass: db only. Blocks take own tiles
 // in a grid-stride loop; in clip mode block b takes every own tile of batch element b.
 template <bool kRowPass, typename scalar_t>
-__global__ void __launch_bounds__(kThreads) global_relation_backward_kernel(BackwardArgs<scalar_t> args) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks) global_relation_backward_kernel(BackwardArgs<scalar_t> args) {
   using acc_t = typename Acc<scalar_t>::type;
   using dz_t = DzType<scalar_t>;
   __shared__ __align__(32) BackwardTiles<scalar_t> tiles;

@@ -120,7 +120,8 @@ _forward_tuned = triton.autotune(configs=launch.configs(launch.FORWARD_TILES), k
     _forward_kernel
 )
 _backward_rows_tuned = triton.autotune(
-    configs=launch.configs(launch.BACKWARD_TILES, _zero_atomic_db), key=["N", "M", "H", "R", "ATOMIC_DB"]
+    configs=launch.configs(launch.BACKWARD_TILES, _zero_atomic_db),
+    key=["N", "M", "H", "R", "ATOMIC_DB", "ONE_KEY_TILE"],
 )(backward_rows_kernel)
 
 
@@ -217,11 +218,12 @@ def backward(
     meta = dict(_pair_meta(a, bias, m, inner, outer), BLOCK_H=launch.pow2(H, 2 * launch.MIN_DOT), BLOCK_R=block_r)
 
     tile, tune = launch.backward_tile(a, N, M, deterministic)
+    rows_meta = dict(meta, ATOMIC_DB=not deterministic, ONE_KEY_TILE=not tune and M <= tile[1])
     with launch.on_device(a):
         outputs = (da_part, dw_part, dbias_part, db_atomic if db_atomic is not None else da_part)
         launch.launch(
             backward_rows_kernel, _backward_rows_tuned, (programs, slices), tile, tune,
-            (*inputs, *outputs, B, N, M, H, R), dict(meta, ATOMIC_DB=not deterministic),
+            (*inputs, *outputs, B, N, M, H, R), rows_meta,
         )  # fmt: skip
         if deterministic:
             db_part = torch.empty(slices, B, M, H, dtype=acc, device=a.device)

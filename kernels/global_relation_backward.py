@@ -65,12 +65,21 @@ def valid_keys(mask_ptr, bat, keys, M, HAS_MASK: tl.constexpr):
 
 
 @triton.jit
-def _weight_halves(w_ptr, r, h0, h1, R, H):
-    """The W_r slice (rows r) as two H halves, loaded once per program: the shared-memory
-    operands of every product of the walk."""
+def _slice_operands(w_ptr, bias_ptr, R, H, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+                    BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr):  # fmt: skip
+    """(h0, h1, r, w0, w1, β_r) of R slice ``program_id(1)``: the H halves, the slice's rows, its
+    W_r as two H halves and β_r (0 without a bias), loaded once per program: W_r stays in shared
+    memory as the operand of every product of the walk."""
+    h0 = tl.arange(0, BLOCK_H // 2)
+    h1 = BLOCK_H // 2 + h0
+    r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
     w0 = tl.load(w_ptr + r[:, None] * H + h0[None, :], mask=(r < R)[:, None] & (h0 < H)[None, :], other=0.0)
     w1 = tl.load(w_ptr + r[:, None] * H + h1[None, :], mask=(r < R)[:, None] & (h1 < H)[None, :], other=0.0)
-    return w0, w1
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + r, mask=r < R, other=0.0).to(ACC)
+    else:
+        bias = tl.zeros((BLOCK_R,), dtype=ACC)
+    return h0, h1, r, w0, w1, bias
 
 
 @triton.jit
@@ -138,7 +147,7 @@ def backward_rows_kernel(
     a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, inv_count_ptr, grad_ptr,
     da_part_ptr, dw_part_ptr, dbias_part_ptr, db_ptr,
     B, N, M, H, R,
-    ATOMIC_DB: tl.constexpr,
+    ATOMIC_DB: tl.constexpr, ONE_KEY_TILE: tl.constexpr,
     INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     ACC: tl.constexpr, DIFF: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -148,11 +157,7 @@ def backward_rows_kernel(
     (dw_part (programs, R, H), dbias_part (programs, R)); with ATOMIC_DB, −Σ_i du added into db."""
     program = tl.program_id(0)
     HALF: tl.constexpr = BLOCK_H // 2
-    h0 = tl.arange(0, HALF)
-    h1 = HALF + h0
-    r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    w0, w1 = _weight_halves(w_ptr, r, h0, h1, R, H)
-    bias = tl.load(bias_ptr + r, mask=r < R, other=0.0).to(ACC) if HAS_BIAS else None
+    h0, h1, r, w0, w1, bias = _slice_operands(w_ptr, bias_ptr, R, H, HAS_BIAS, ACC, BLOCK_H, BLOCK_R)
     dw0 = tl.zeros((BLOCK_R, HALF), dtype=ACC)
     dw1 = tl.zeros((BLOCK_R, HALF), dtype=ACC)
     dbias_acc = tl.zeros((BLOCK_R,), dtype=ACC)
@@ -164,7 +169,12 @@ def backward_rows_kernel(
         dg = _load_t(grad_ptr, bat, rows, rows < N, N, r, R).to(ACC) * tl.load(inv_count_ptr + bat)
         da0 = tl.zeros((HALF, BLOCK_I), dtype=ACC)
         da1 = tl.zeros((HALF, BLOCK_I), dtype=ACC)
-        for j0 in range(0, M, BLOCK_J):
+        # A small set (an RGTR clip) is one key tile: a loop of one constant step, which the
+        # compiler removes, so that nothing is carried or prefetched across steps.
+        key_end = M
+        if ONE_KEY_TILE:
+            key_end = 1
+        for j0 in range(0, key_end, BLOCK_J):
             keys = j0 + tl.arange(0, BLOCK_J)
             # The a-tile is read per step (an L1 hit): hoisted, its copies in the register layouts
             # of the pair tile would stay live across the loop.
@@ -200,11 +210,7 @@ def backward_keys_kernel(
     """Key pass of R slice ``program_id(1)`` (deterministic mode): for each work item (batch
     element, BLOCK_J keys), the slice's share of db = −Σ_i du (db_part, (R slices, B, M, H))."""
     HALF: tl.constexpr = BLOCK_H // 2
-    h0 = tl.arange(0, HALF)
-    h1 = HALF + h0
-    r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    w0, w1 = _weight_halves(w_ptr, r, h0, h1, R, H)
-    bias = tl.load(bias_ptr + r, mask=r < R, other=0.0).to(ACC) if HAS_BIAS else None
+    h0, h1, r, w0, w1, bias = _slice_operands(w_ptr, bias_ptr, R, H, HAS_BIAS, ACC, BLOCK_H, BLOCK_R)
 
     n_blocks = tl.cdiv(M, BLOCK_J)
     for item in range(tl.program_id(0), B * n_blocks, tl.num_programs(0)):
