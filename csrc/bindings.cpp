@@ -1,6 +1,8 @@
 // Python bindings of fastrel._C. `cuda` tells Python whether the CUDA kernels were compiled in;
 // `ACTIVATION_CODES` are the codes the kernels were compiled with, which fastrel/backends/native.py
 // compares with fastrel/activations.py before it uses any kernel.
+#include <torch/extension.h>
+
 #include "global_relation.h"
 #include "relation_math.h"
 

@@ -3,7 +3,7 @@
 // a wrong dtype raises TypeError, a wrong shape, device, layout or code raises ValueError.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <initializer_list>
 #include <optional>

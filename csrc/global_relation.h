@@ -5,7 +5,7 @@
 // {da, db, dweight, dbias}, dbias defined even when bias is not.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <vector>

@@ -5,8 +5,11 @@
 // query order. Parallel over blocks of channels; comparisons on the exact input values, sums in
 // double around the channel's key mean. Inputs are finite (fastrel/backends/sort.py sends ±inf and
 // NaN to the torch ops).
+#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <array>

@@ -4,6 +4,8 @@
 // The emulation header must come first.
 #include "global_relation_cuda.cu"
 
+#include <torch/extension.h>
+
 namespace {
 
 // Sets the emulated device's limits (a value < 0 keeps the current one) and clears its counters.
