@@ -102,7 +102,7 @@ def test_emulated_kernels_match_reference_on_small_sets_for_every_activation_pai
 LARGE = [
     Problem(2, 70, 67, 19, 9, inner="relu", outer="relu", mask="ragged", seed=1),  # rows, keys past a clip
     Problem(2, 21, 75, 70, 66, inner="leaky_relu", outer="leaky_relu", mask="empty_row", seed=2),  # H, R tails
-    Problem(2, 66, 13, 5, 130, inner="abs", outer="identity", mask="ragged", seed=3),  # identity fast path
+    Problem(2, 66, 13, 5, 130, inner="abs", outer="identity", mask="ragged", seed=3),  # σ = identity, R tails
 ]
 
 
