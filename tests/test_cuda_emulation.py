@@ -112,6 +112,18 @@ def test_emulated_kernels_match_reference_on_large_sets_in_both_backward_modes(e
     assert_matches_reference(emulated, problem, torch.float32, deterministic)
 
 
+@pytest.mark.parametrize("outer", activations.OUTER)
+@pytest.mark.parametrize("sizes", [(9, 7, 6, 5), (70, 67, 6, 5)], ids=["clip", "large"])
+@pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "atomic"])
+def test_a_set_without_valid_keys_beside_a_live_one_matches_reference_for_every_outer(
+    emulated, outer, sizes, deterministic
+):
+    """No bias and no gradient where a set has no valid key, the bias and every gradient elsewhere,
+    for every σ: σ = identity included, which the pair kernels run like any other σ."""
+    problem = Problem(2, *sizes, inner="abs", outer=outer, mask="empty_row", seed=12)
+    assert_matches_reference(emulated, problem, torch.float32, deterministic)
+
+
 @pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
 @pytest.mark.parametrize(
     "problem",
