@@ -72,7 +72,7 @@ def _timed(dtypes: tuple[str, ...], shapes: tuple[Case, ...]) -> list[Call]:
 
 
 def _code_paths(shape: Case, dtype: str) -> list[Call]:
-    """The other inner/outer activations (different specialisations), and σ = identity's path."""
+    """The other inner/outer activations (different specialisations), σ = identity included."""
     pairs = [("leaky_relu", "relu"), ("abs", "leaky_relu"), ("identity", "relu")]
     calls = [Call(shape, dtype, i, o) for i, o in pairs]
     return calls + [Call(shape, dtype, "relu", "identity", masked=m) for m in (False, True)]

@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <tuple>
-#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -153,7 +152,8 @@ void form_differences(const acc_t* a, int64_t ri, const acc_t* b, int64_t kj, in
 }
 
 // ---------------------------------------------------------------------------------------------
-// General path: the projection runs per pair.
+// The pair kernels: the projection runs per pair, for every outer activation σ (the identity
+// included: the sort backend is the exact fast path for it, docs/math.md).
 
 template <int IN, int OUT, typename scalar_t>
 void forward_pairs(const Problem<scalar_t>& pb, scalar_t* g) {
@@ -258,134 +258,6 @@ void backward_pairs(const Problem<scalar_t>& pb, const scalar_t* grad, scalar_t*
 }
 
 // ---------------------------------------------------------------------------------------------
-// σ = identity: g_i = W_r · mean_j δ(a_i − b_j) + β_r, the projection leaves the pair loop.
-
-// Row sums over the valid keys of δ(a_i − b_j) into `sums`, and of δ'(a_i − b_j) into `slopes`
-// when it is not null, for ri rows already in acc_t.
-template <int IN, typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-void sum_over_keys(const Problem<scalar_t>& pb, int64_t batch, const std::type_identity_t<acc_t>* a_tile,
-                   int64_t ri, std::type_identity_t<acc_t>* b_tile, int64_t kt, std::type_identity_t<acc_t>* sums,
-                   std::type_identity_t<acc_t>* slopes) {
-  const int64_t H = pb.H, count = pb.count(batch);
-  std::fill(sums, sums + ri * H, acc_t(0));
-  if (slopes) std::fill(slopes, slopes + ri * H, acc_t(0));
-  for (int64_t k0 = 0; k0 < count; k0 += kt) {
-    const int64_t kj = std::min(kt, count - k0);
-    load_rows(pb.b + batch * pb.M * H, pb.keys(batch) + k0, kj, H, b_tile);
-    for (int64_t i = 0; i < ri; ++i) {
-      const acc_t* ai = a_tile + i * H;
-      acc_t* si = sums + i * H;
-      acc_t* ci = slopes ? slopes + i * H : nullptr;
-      for (int64_t j = 0; j < kj; ++j) {
-        const acc_t* bj = b_tile + j * H;
-        for (int64_t h = 0; h < H; ++h) si[h] += activate<IN>(ai[h] - bj[h]);
-        if (ci) {
-          for (int64_t h = 0; h < H; ++h) ci[h] += derivative<IN>(ai[h] - bj[h]);
-        }
-      }
-    }
-  }
-}
-
-template <int IN, typename scalar_t>
-void forward_means(const Problem<scalar_t>& pb, scalar_t* g) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t H = pb.H, R = pb.R, kt = tile_keys<acc_t>(H);
-  const auto make_scratch = [&] {
-    const auto opts = acc_options<acc_t>();
-    return std::tuple(at::empty({kTileRows, H}, opts), at::empty({kTileRows, R}, opts),
-                      std::vector<acc_t>(kTileRows * H), std::vector<acc_t>(kt * H));
-  };
-  for_each_row_tile(pb.B, pb.N, make_scratch, [&](auto& scratch, int64_t batch, int64_t i0, int64_t ri) {
-    auto& [means, proj, a_tile, b_tile] = scratch;
-    scalar_t* out = g + (batch * pb.N + i0) * R;
-    if (!pb.has_key(batch)) {
-      std::fill(out, out + ri * R, static_cast<scalar_t>(0));
-      return;
-    }
-    load_rows(pb.a + (batch * pb.N + i0) * H, nullptr, ri, H, a_tile.data());
-    at::Tensor mt = means.narrow(0, 0, ri);
-    acc_t* mp = mt.data_ptr<acc_t>();
-    sum_over_keys<IN>(pb, batch, a_tile.data(), ri, b_tile.data(), kt, mp, nullptr);
-    const acc_t scale = pb.inv_count(batch);
-    for (int64_t e = 0; e < ri * H; ++e) mp[e] *= scale;
-    at::Tensor pt = proj.narrow(0, 0, ri);
-    at::mm_out(pt, mt, pb.weight_t);
-    const acc_t* pp = pt.data_ptr<acc_t>();
-    for (int64_t i = 0; i < ri; ++i) {
-      for (int64_t r = 0; r < R; ++r) out[i * R + r] = static_cast<scalar_t>(pp[i * R + r] + pb.bias[r]);
-    }
-  });
-}
-
-// Backward of the identity path in two passes without atomics: rows (da, v_i = W_rᵀ dG_i / n and
-// the dW/dβ partials), then keys (db_j = −Σ_i δ'(a_i − b_j) ⊙ v_i).
-template <int IN, typename scalar_t>
-void backward_means(const Problem<scalar_t>& pb, const scalar_t* grad, scalar_t* da, scalar_t* db,
-                    at::Tensor& dw_parts, at::Tensor& dbias_parts, const RowUnits& units) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t H = pb.H, R = pb.R, N = pb.N, kt = tile_keys<acc_t>(H);
-  const auto opts = acc_options<acc_t>();
-  at::Tensor v = at::zeros({pb.B, N, H}, opts);
-  acc_t* vp = v.data_ptr<acc_t>();
-  at::parallel_for(0, pb.B * units.chunks, 1, [&](int64_t begin, int64_t end) {
-    SingleThreadedBlas single;
-    at::Tensor g_tile = at::empty({kTileRows, R}, opts), sums = at::empty({kTileRows, H}, opts);
-    std::vector<acc_t> a_tile(kTileRows * H), b_tile(kt * H), slopes(kTileRows * H);
-    for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t batch = unit / units.chunks, chunk = unit % units.chunks, count = pb.count(batch);
-      if (!pb.has_key(batch)) continue;
-      at::Tensor dw_part = dw_parts[unit];
-      acc_t* dbias_part = dbias_parts[unit].data_ptr<acc_t>();
-      const acc_t scale = pb.inv_count(batch);
-      for (int64_t t = units.first_tile(chunk); t < units.first_tile(chunk + 1); ++t) {
-        const int64_t i0 = t * kTileRows, ri = std::min(kTileRows, N - i0);
-        at::Tensor gt = g_tile.narrow(0, 0, ri), st = sums.narrow(0, 0, ri);
-        acc_t* gp = gt.data_ptr<acc_t>();
-        const scalar_t* grad_rows = grad + (batch * N + i0) * R;
-        for (int64_t e = 0; e < ri * R; ++e) gp[e] = static_cast<acc_t>(grad_rows[e]) * scale;
-        for (int64_t i = 0; i < ri; ++i) {
-          for (int64_t r = 0; r < R; ++r) dbias_part[r] += gp[i * R + r] * acc_t(count);
-        }
-        at::Tensor vt = v.select(0, batch).narrow(0, i0, ri);
-        at::mm_out(vt, gt, pb.weight);
-        load_rows(pb.a + (batch * N + i0) * H, nullptr, ri, H, a_tile.data());
-        sum_over_keys<IN>(pb, batch, a_tile.data(), ri, b_tile.data(), kt, st.data_ptr<acc_t>(), slopes.data());
-        dw_part.addmm_(gt.t(), st);
-        const acc_t* vi = vp + (batch * N + i0) * H;
-        scalar_t* out = da + (batch * N + i0) * H;
-        for (int64_t e = 0; e < ri * H; ++e) out[e] = static_cast<scalar_t>(vi[e] * slopes[e]);
-      }
-    }
-  });
-  const int64_t key_tiles = ceil_div(pb.M, kt);
-  at::parallel_for(0, pb.B * key_tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> a_row(H), b_tile(kt * H), acc(kt * H);
-    for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t batch = unit / key_tiles, k0 = (unit % key_tiles) * kt;
-      const int64_t kj = std::min(kt, pb.count(batch) - k0);
-      if (kj <= 0) continue;
-      const int64_t* keys = pb.keys(batch) + k0;
-      load_rows(pb.b + batch * pb.M * H, keys, kj, H, b_tile.data());
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      for (int64_t i = 0; i < N; ++i) {
-        load_rows(pb.a + (batch * N + i) * H, nullptr, 1, H, a_row.data());
-        const acc_t* vi = vp + (batch * N + i) * H;
-        for (int64_t j = 0; j < kj; ++j) {
-          const acc_t* bj = b_tile.data() + j * H;
-          acc_t* s = acc.data() + j * H;
-          for (int64_t h = 0; h < H; ++h) s[h] += derivative<IN>(a_row[h] - bj[h]) * vi[h];
-        }
-      }
-      for (int64_t j = 0; j < kj; ++j) {
-        scalar_t* out = db + (batch * pb.M + keys[j]) * H;
-        for (int64_t h = 0; h < H; ++h) out[h] = static_cast<scalar_t>(-acc[j * H + h]);
-      }
-    }
-  });
-}
-
-// ---------------------------------------------------------------------------------------------
 // Fixed-order reductions of per-unit partials.
 
 // out[g][e] = Σ_u parts[g * count + u][e] over u in order, for parts (groups · count, E) in acc_t.
@@ -406,27 +278,6 @@ void sum_units(const at::Tensor& parts, int64_t groups, int64_t count, scalar_t*
 
 // ---------------------------------------------------------------------------------------------
 // Entry points.
-
-template <typename F>
-void dispatch_inner(int64_t inner, F&& f) {
-  switch (inner) {
-    case kIdentity: return f(std::integral_constant<int, kIdentity>{});
-    case kRelu: return f(std::integral_constant<int, kRelu>{});
-    case kLeakyRelu: return f(std::integral_constant<int, kLeakyRelu>{});
-    case kAbs: return f(std::integral_constant<int, kAbs>{});
-  }
-  TORCH_CHECK_VALUE(false, "inner: unknown activation code ", inner);
-}
-
-template <typename F>
-void dispatch_outer(int64_t outer, F&& f) {
-  switch (outer) {
-    case kIdentity: return f(std::integral_constant<int, kIdentity>{});
-    case kRelu: return f(std::integral_constant<int, kRelu>{});
-    case kLeakyRelu: return f(std::integral_constant<int, kLeakyRelu>{});
-  }
-  TORCH_CHECK_VALUE(false, "outer: unknown activation code ", outer);
-}
 
 template <typename scalar_t>
 Problem<scalar_t> make_problem(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
@@ -464,9 +315,8 @@ at::Tensor global_relation_forward_cpu(const at::Tensor& a, const at::Tensor& b,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.scalar_type(), "global_relation_forward_cpu", [&] {
     const auto pb = make_problem<scalar_t>(a, b, weight, bias_acc, valid);
     scalar_t* out = g.data_ptr<scalar_t>();
-    dispatch_inner(inner, [&](auto in) {
-      if (outer == kIdentity) return forward_means<decltype(in)::value>(pb, out);
-      dispatch_outer(outer, [&](auto out_act) {
+    with_activation(inner, [&](auto in) {
+      with_activation</*kOuter=*/true>(outer, [&](auto out_act) {
         forward_pairs<decltype(in)::value, decltype(out_act)::value>(pb, out);
       });
     });
@@ -493,25 +343,18 @@ std::vector<at::Tensor> global_relation_backward_cpu(const at::Tensor& grad, con
   const RowUnits units(B, N, kTileRows);
   const int64_t U = B * units.chunks;
   at::Tensor dw_parts = at::zeros({U, R, H}, acc_opts), dbias_parts = at::zeros({U, R}, acc_opts);
+  at::Tensor db_parts = at::zeros({U, M, H}, acc_opts);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.scalar_type(), "global_relation_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto pb = make_problem<scalar_t>(a, b, weight, bias_acc, valid);
     const scalar_t* g = grad.data_ptr<scalar_t>();
-    if (outer == kIdentity) {
-      dispatch_inner(inner, [&](auto in) {
-        backward_means<decltype(in)::value>(pb, g, da.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(), dw_parts,
-                                            dbias_parts, units);
+    with_activation(inner, [&](auto in) {
+      with_activation</*kOuter=*/true>(outer, [&](auto out_act) {
+        backward_pairs<decltype(in)::value, decltype(out_act)::value>(pb, g, da.data_ptr<scalar_t>(), dw_parts,
+                                                                     dbias_parts, db_parts, units);
       });
-    } else {
-      at::Tensor db_parts = at::zeros({U, M, H}, acc_opts);
-      dispatch_inner(inner, [&](auto in) {
-        dispatch_outer(outer, [&](auto out_act) {
-          backward_pairs<decltype(in)::value, decltype(out_act)::value>(pb, g, da.data_ptr<scalar_t>(), dw_parts,
-                                                                       dbias_parts, db_parts, units);
-        });
-      });
-      sum_units<acc_t>(db_parts, B, units.chunks, db.data_ptr<scalar_t>(), M * H);
-    }
+    });
+    sum_units<acc_t>(db_parts, B, units.chunks, db.data_ptr<scalar_t>(), M * H);
     sum_units<acc_t>(dw_parts, 1, U, dweight.data_ptr<scalar_t>(), R * H);
     sum_units<acc_t>(dbias_parts, 1, U, dbias.data_ptr<scalar_t>(), R);
   });

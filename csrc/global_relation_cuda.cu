@@ -1,5 +1,6 @@
-// Host side of the CUDA global_relation: argument checks, launch plans and the fast paths that
-// combine the kernels of global_relation_cuda.cuh with ATen operations.
+// Host side of the CUDA global_relation: argument checks and the launch plans of the pair kernels
+// of global_relation_cuda.cuh, for every outer activation (the sort backend is the exact fast path
+// for outer = identity, docs/math.md).
 //
 // With FASTREL_HOST_EMULATION defined, the including file provides the CUDA runtime instead
 // (tests/emulation/cuda_emulation.h) and this code runs on CPU tensors: everything below the
@@ -57,67 +58,6 @@ at::Tensor inverse_counts(const at::Tensor& a, const at::Tensor& b, const std::o
   const auto acc = accumulation_type(a.scalar_type());
   if (key_mask.has_value()) return key_mask->sum(1, false, acc).clamp_min(1).reciprocal();
   return at::full({a.size(0)}, 1.0 / std::max<int64_t>(b.size(1), 1), a.options().dtype(acc));
-}
-
-// 1 where batch element b has a valid key, else 0: the bias takes part only in non-empty rows.
-at::Tensor key_present(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& key_mask) {
-  const auto acc = accumulation_type(a.scalar_type());
-  if (key_mask.has_value()) return key_mask->any(1).to(acc);
-  return at::full({a.size(0)}, b.size(1) > 0 ? 1.0 : 0.0, a.options().dtype(acc));
-}
-
-// q[b, i] = mean over valid keys of δ(a_i − b_j) (grad = false), or Σ_j m_j δ'(a_i − b_j) (grad = true).
-at::Tensor row_sum(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& key_mask,
-                   const std::optional<at::Tensor>& scale, int64_t inner, bool grad) {
-  const auto B = a.size(0), N = a.size(1), M = b.size(1), H = a.size(2);
-  auto out = at::empty({B, N, H}, a.options().dtype(accumulation_type(a.scalar_type())));
-  if (out.numel() == 0) return out;
-  const int64_t blocks = B * ceil_div(N, kSumRows) * ceil_div(H, kSumChannels);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "global_relation_row_sum", [&] {
-    using acc_t = typename Acc<scalar_t>::type;
-    launch(global_relation_row_sum_kernel<scalar_t>, blocks, kSumThreads, 0, a.data_ptr<scalar_t>(),
-           b.data_ptr<scalar_t>(), optional_ptr<bool>(key_mask), scale.has_value() ? scale->data_ptr<acc_t>() : nullptr,
-           out.data_ptr<acc_t>(), static_cast<int>(N), static_cast<int>(M), static_cast<int>(H),
-           static_cast<int>(inner), grad);
-  });
-  return out;
-}
-
-// Outer = identity: g_i = W_r q_i + β_r [row has a key], q_i = mean_j δ(a_i − b_j).
-at::Tensor forward_identity_outer(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
-                                  const std::optional<at::Tensor>& bias,
-                                  const std::optional<at::Tensor>& key_mask, int64_t inner) {
-  const auto acc = accumulation_type(a.scalar_type());
-  const auto q = row_sum(a, b, key_mask, inverse_counts(a, b, key_mask), inner, false);
-  auto g = at::matmul(q, weight.to(acc).t());
-  if (bias.has_value()) g = g + bias->to(acc) * key_present(a, b, key_mask).view({-1, 1, 1});
-  return g.to(a.scalar_type());
-}
-
-std::vector<at::Tensor> backward_identity_outer(const at::Tensor& grad, const at::Tensor& a, const at::Tensor& b,
-                                                const at::Tensor& weight, const std::optional<at::Tensor>& key_mask,
-                                                int64_t inner) {
-  const auto acc = accumulation_type(a.scalar_type());
-  const auto B = a.size(0), N = a.size(1), M = b.size(1), H = a.size(2), R = weight.size(0);
-  const auto inv = inverse_counts(a, b, key_mask);
-  const auto dg = grad.to(acc);
-  const auto q = row_sum(a, b, key_mask, inv, inner, false);
-  const auto dweight = dg.reshape({B * N, R}).t().mm(q.reshape({B * N, H}));
-  const auto dbias = (dg * key_present(a, b, key_mask).view({-1, 1, 1})).sum({0, 1});
-  const auto e = (at::matmul(dg, weight.to(acc)) * inv.view({-1, 1, 1})).contiguous();
-  const auto da = e * row_sum(a, b, key_mask, std::nullopt, inner, true);
-  auto db = at::empty({B, M, H}, a.options().dtype(acc));
-  if (db.numel() > 0) {
-    const int64_t blocks = B * ceil_div(M, kSumRows) * ceil_div(H, kSumChannels);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "global_relation_column_sum", [&] {
-      using acc_t = typename Acc<scalar_t>::type;
-      launch(global_relation_column_sum_kernel<scalar_t>, blocks, kSumThreads, 0, e.data_ptr<acc_t>(),
-             a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), optional_ptr<bool>(key_mask), db.data_ptr<acc_t>(),
-             static_cast<int>(N), static_cast<int>(M), static_cast<int>(H), static_cast<int>(inner));
-    });
-  }
-  const auto dtype = a.scalar_type();
-  return {da.to(dtype), db.to(dtype), dweight.to(dtype), dbias.to(dtype)};
 }
 
 // Dynamic shared memory and grid of one backward launch.
@@ -243,7 +183,6 @@ at::Tensor forward(const at::Tensor& a, const at::Tensor& b, const at::Tensor& w
   const c10::cuda::CUDAGuard guard(a.device());
   const int B = a.size(0), N = a.size(1), M = b.size(1), H = a.size(2), R = weight.size(0);
   if (static_cast<int64_t>(B) * N * R == 0) return at::zeros({B, N, R}, a.options());
-  if (outer == kIdentity) return forward_identity_outer(a, b, weight, bias, key_mask, inner);
   auto g = at::empty({B, N, R}, a.options());
   const auto inv = inverse_counts(a, b, key_mask);
   const int64_t blocks = int64_t{B} * ceil_div(N, kOwn) * ceil_div(R, kCols);
@@ -268,7 +207,6 @@ std::vector<at::Tensor> backward(const at::Tensor& grad, const at::Tensor& a, co
   if (B * N * M * R == 0) {
     return {at::zeros_like(a), at::zeros_like(b), at::zeros_like(weight), at::zeros({R}, weight.options())};
   }
-  if (outer == kIdentity) return backward_identity_outer(grad, a, b, weight, key_mask, inner);
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "global_relation_backward_cuda", [&] {
     out = backward_general<scalar_t>(grad, a, b, weight, bias, key_mask, inner, outer, deterministic);

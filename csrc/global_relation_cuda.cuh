@@ -83,21 +83,6 @@ constexpr bool kTensorCores = !std::is_void_v<typename Mma<T>::type>;
 __device__ __forceinline__ void store_operand(__half* p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void store_operand(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
-// Calls f(std::integral_constant<int, A>{}) for the activation A that the run-time `code` names.
-template <typename F>
-__device__ __forceinline__ auto with_activation(int code, F f) {
-  switch (code) {
-    case kRelu:
-      return f(std::integral_constant<int, kRelu>{});
-    case kLeakyRelu:
-      return f(std::integral_constant<int, kLeakyRelu>{});
-    case kAbs:
-      return f(std::integral_constant<int, kAbs>{});
-    default:
-      return f(std::integral_constant<int, kIdentity>{});
-  }
-}
-
 template <typename T>
 __device__ __forceinline__ T activation(int code, T x) {
   return with_activation(code, [x](auto a) { return activate<decltype(a)::value>(x); });
@@ -731,67 +716,6 @@ __global__ void global_relation_reduce_slabs_kernel(const typename Acc<scalar_t>
   const int64_t r = e / (H + 1), h = e % (H + 1);
   if (h < H) dweight[r * H + h] = static_cast<scalar_t>(s);
   else dbias[r] = static_cast<scalar_t>(s);
-}
-
-// Block of the outer = identity kernels: kSumChannels channels by kSumRows rows (or keys), one
-// (item, channel) per thread; no shared memory, no barriers.
-constexpr int kSumChannels = 32;
-constexpr int kSumRows = 8;
-constexpr int kSumThreads = kSumChannels * kSumRows;
-
-// out[b, i, h] = scale_b Σ_j m_j f(a_ih − b_jh), f = δ or δ' (outer = identity fast path).
-// Grid: B x ceil(N / kSumRows) x ceil(H / kSumChannels) blocks (grid_tile).
-template <typename scalar_t>
-__global__ void global_relation_row_sum_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
-                                               const bool* __restrict__ key_mask,
-                                               const typename Acc<scalar_t>::type* __restrict__ scale,
-                                               typename Acc<scalar_t>::type* __restrict__ out, int N, int M, int H,
-                                               int inner, bool grad) {
-  using acc_t = typename Acc<scalar_t>::type;
-  const GridTile block = grid_tile(ceil_div(N, kSumRows), ceil_div(H, kSumChannels));
-  const int batch = block.batch;
-  const int h = block.col * kSumChannels + threadIdx.x % kSumChannels;
-  const int i = block.row * kSumRows + threadIdx.x / kSumChannels;
-  if (h >= H || i >= N) return;
-  const bool* mask = key_mask ? key_mask + static_cast<int64_t>(batch) * M : nullptr;
-  const scalar_t* bb = b + static_cast<int64_t>(batch) * M * H + h;
-  const acc_t ai = static_cast<acc_t>(a[(static_cast<int64_t>(batch) * N + i) * H + h]);
-  acc_t sum = acc_t(0);
-  for (int j = 0; j < M; ++j) {
-    if (mask != nullptr && !mask[j]) continue;
-    const acc_t d = ai - static_cast<acc_t>(bb[static_cast<int64_t>(j) * H]);
-    sum += grad ? activation_grad(inner, d) : activation(inner, d);
-  }
-  out[(static_cast<int64_t>(batch) * N + i) * H + h] = scale ? sum * scale[batch] : sum;
-}
-
-// db[b, j, h] = −m_j Σ_i e[b, i, h] δ'(a_ih − b_jh) (outer = identity fast path).
-// Grid: B x ceil(M / kSumRows) x ceil(H / kSumChannels) blocks (grid_tile).
-template <typename scalar_t>
-__global__ void global_relation_column_sum_kernel(const typename Acc<scalar_t>::type* __restrict__ e,
-                                                  const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
-                                                  const bool* __restrict__ key_mask,
-                                                  typename Acc<scalar_t>::type* __restrict__ db, int N, int M,
-                                                  int H, int inner) {
-  using acc_t = typename Acc<scalar_t>::type;
-  const GridTile block = grid_tile(ceil_div(M, kSumRows), ceil_div(H, kSumChannels));
-  const int batch = block.batch;
-  const int h = block.col * kSumChannels + threadIdx.x % kSumChannels;
-  const int j = block.row * kSumRows + threadIdx.x / kSumChannels;
-  if (h >= H || j >= M) return;
-  const int64_t out = (static_cast<int64_t>(batch) * M + j) * H + h;
-  if (key_mask != nullptr && !key_mask[static_cast<int64_t>(batch) * M + j]) {
-    db[out] = acc_t(0);
-    return;
-  }
-  const acc_t bj = static_cast<acc_t>(b[out]);
-  const int64_t base = static_cast<int64_t>(batch) * N * H + h;
-  acc_t sum = acc_t(0);
-  for (int i = 0; i < N; ++i) {
-    const int64_t k = base + static_cast<int64_t>(i) * H;
-    sum += e[k] * activation_grad(inner, static_cast<acc_t>(a[k]) - bj);
-  }
-  db[out] = -sum;
 }
 
 }  // namespace cuda_kernels

@@ -345,40 +345,22 @@ void backward_kernel(const Inputs<scalar_t>& in, const at::opmath_type<scalar_t>
   });
 }
 
+// The inputs of the 1-D problem and its activation φ (any code, docs/sort_path.md).
 void check_inputs(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& key_mask,
-                  int64_t inner) {
+                  int64_t activation) {
   check_pairs(a, b, key_mask, at::kCPU, /*contiguous=*/false);
   TORCH_CHECK_VALUE(a.size(1) < INT32_MAX && b.size(1) < INT32_MAX, "a, b: expected N, M < 2^31, got ", a.size(1),
                     ", ", b.size(1));
-  check_code(inner, "inner", {kRelu, kAbs});  // the sort path exists for relu and abs only
-}
-
-// Every activation a 1-D problem can have (docs/sort_path.md).
-void check_activation(int64_t activation) {
-  TORCH_CHECK(activation == kIdentity || activation == kRelu || activation == kLeakyRelu || activation == kAbs,
-              "sort path: expected activation identity (", int(kIdentity), "), relu (", int(kRelu),
-              "), leaky_relu (", int(kLeakyRelu), ") or abs (", int(kAbs), "), got ", activation);
-}
-
-// Calls kernel.template operator()<A>() with the activation code as a compile-time constant.
-template <typename Kernel>
-void dispatch_activation(int64_t activation, Kernel&& kernel) {
-  switch (activation) {
-    case kIdentity: kernel.template operator()<kIdentity>(); break;
-    case kRelu: kernel.template operator()<kRelu>(); break;
-    case kLeakyRelu: kernel.template operator()<kLeakyRelu>(); break;
-    default: kernel.template operator()<kAbs>(); break;
-  }
+  check_code(activation, "activation", {kIdentity, kRelu, kLeakyRelu, kAbs});
 }
 
 }  // namespace
 
 // `activation` is φ of the 1-D problem: the inner activation when outer = identity, the outer one
-// when inner = identity. check_inputs checks the tensors; check_activation the code.
+// when inner = identity.
 at::Tensor global_relation_sort_forward_cpu(const at::Tensor& a, const at::Tensor& b,
                                             const std::optional<at::Tensor>& key_mask, int64_t activation) {
-  check_activation(activation);
-  check_inputs(a, b, key_mask, kRelu);
+  check_inputs(a, b, key_mask, activation);
   const int64_t B = a.size(0), N = a.size(1), H = a.size(2), M = b.size(1);
   const at::Tensor queries = a.contiguous();
   const at::Tensor keys = b.contiguous();
@@ -388,7 +370,9 @@ at::Tensor global_relation_sort_forward_cpu(const at::Tensor& a, const at::Tenso
     using key_t = at::opmath_type<scalar_t>;
     const Inputs<scalar_t> in{queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(),
                                 mask.defined() ? mask.data_ptr<bool>() : nullptr, B, H, N, M};
-    dispatch_activation(activation, [&]<int A>() { forward_kernel<scalar_t, A>(in, mean.data_ptr<key_t>()); });
+    with_activation(activation, [&](auto phi) {
+      forward_kernel<scalar_t, decltype(phi)::value>(in, mean.data_ptr<key_t>());
+    });
   });
   return mean;
 }
@@ -397,8 +381,7 @@ std::vector<at::Tensor> global_relation_sort_backward_cpu(const at::Tensor& grad
                                                           const at::Tensor& b,
                                                           const std::optional<at::Tensor>& key_mask,
                                                           int64_t activation) {
-  check_activation(activation);
-  check_inputs(a, b, key_mask, kRelu);
+  check_inputs(a, b, key_mask, activation);
   const int64_t B = a.size(0), N = a.size(1), H = a.size(2), M = b.size(1);
   const at::ScalarType acc = accumulation_type(a.scalar_type());
   check_grad(grad_mean, "grad_mean", a.sizes(), acc, a, /*contiguous=*/false);
@@ -414,9 +397,9 @@ std::vector<at::Tensor> global_relation_sort_backward_cpu(const at::Tensor& grad
     using key_t = at::opmath_type<scalar_t>;
     const Inputs<scalar_t> in{queries.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(),
                                 mask.defined() ? mask.data_ptr<bool>() : nullptr, B, H, N, M};
-    dispatch_activation(activation, [&]<int A>() {
-      backward_kernel<scalar_t, A>(in, grad.data_ptr<key_t>(), mean.data_ptr<key_t>(), da.data_ptr<key_t>(),
-                                   db.data_ptr<key_t>());
+    with_activation(activation, [&](auto phi) {
+      backward_kernel<scalar_t, decltype(phi)::value>(in, grad.data_ptr<key_t>(), mean.data_ptr<key_t>(),
+                                                      da.data_ptr<key_t>(), db.data_ptr<key_t>());
     });
   });
   return {mean, da, db};

@@ -6,6 +6,9 @@
 // (autograd's values). Comparisons are written so that NaN takes those branches.
 #pragma once
 
+#include <cstdint>
+#include <type_traits>
+
 #ifdef __CUDACC__
 #define FASTREL_HD __host__ __device__ __forceinline__
 #else
@@ -36,6 +39,20 @@ FASTREL_HD T derivative(T x) {
   else if constexpr (A == kLeakyRelu) return x > T(0) ? T(1) : T(kLeakySlope);
   else if constexpr (A == kAbs) return x > T(0) ? T(1) : (x < T(0) ? T(-1) : T(0));
   else return T(1);
+}
+
+// Calls f(std::integral_constant<int, A>{}) for the activation A that the run-time `code` names and
+// returns what f returns: the one place where a code becomes a template argument, on the host and
+// on the device. Codes are checked where they enter fastrel._C (checks.h); any other code takes the
+// identity. kOuter leaves abs out (no outer activation, docs/math.md): no kernel is built for it.
+template <bool kOuter = false, typename F>
+FASTREL_HD auto with_activation(int64_t code, F&& f) {
+  if (code == kRelu) return f(std::integral_constant<int, kRelu>{});
+  if (code == kLeakyRelu) return f(std::integral_constant<int, kLeakyRelu>{});
+  if constexpr (!kOuter) {
+    if (code == kAbs) return f(std::integral_constant<int, kAbs>{});
+  }
+  return f(std::integral_constant<int, kIdentity>{});
 }
 
 }  // namespace fastrel

@@ -30,7 +30,6 @@ from fastrel import activations
 from fastrel.kernels import launch
 from fastrel.kernels.activation import activation
 from fastrel.kernels.global_relation_backward import backward_keys_kernel, backward_rows_kernel, round_to, valid_keys
-from fastrel.kernels.pair_sum import has_keys, identity_backward, identity_forward
 
 Tensor = torch.Tensor
 
@@ -167,8 +166,6 @@ def forward(
     B, N, H = a.shape
     M, R = b.shape[1], weight.shape[0]
     m, inv_count = _key_weights(key_mask, a, M)
-    if outer == "identity":
-        return identity_forward(a, b, weight, bias, m, inv_count, inner)
     g = torch.empty(B, N, R, dtype=a.dtype, device=a.device)
     if g.numel() == 0:
         return g
@@ -196,12 +193,10 @@ def backward(
     """(da, db, dweight, dbias). Deterministic: row pass (da, dW_r, dβ_r) and key pass (db) with
     fixed tiles, every partial summed in a fixed order: bitwise reproducible across runs and
     processes on one device model. Otherwise the row pass adds db with relaxed atomics and the key
-    pass is skipped. σ = identity is always reproducible."""
+    pass is skipped."""
     B, N, H = a.shape
     M, R = b.shape[1], weight.shape[0]
     m, inv_count = _key_weights(key_mask, a, M)
-    if outer == "identity":
-        return identity_backward(grad, a, b, weight, m, inv_count, inner)
     if B * N * M * R == 0:
         return torch.zeros_like(a), torch.zeros_like(b), torch.zeros_like(weight), weight.new_zeros(R)
     if H == 0:
@@ -241,6 +236,7 @@ def backward(
 def _no_hidden_backward(grad, a, b, weight, bias, m, inv_count, outer):
     """H = 0: z = β_r for every pair, so dβ_r = σ'(β_r) ⊙ Σ_{b,i} G_i [row has a valid key]."""
     beta = bias.to(inv_count.dtype) if bias is not None else inv_count.new_zeros(weight.shape[0])
-    rows = (grad.to(inv_count.dtype) * has_keys(m, inv_count, b.shape[1])[:, None, None]).sum(dim=(0, 1))
+    keyed = m.amax(dim=1) if m is not None else torch.ones_like(inv_count)  # M > 0 here
+    rows = (grad.to(inv_count.dtype) * keyed[:, None, None]).sum(dim=(0, 1))
     dbias = activations.derivative(beta, outer) * rows
     return torch.zeros_like(a), torch.zeros_like(b), torch.zeros_like(weight), dbias.to(weight.dtype)

@@ -1,7 +1,7 @@
 """How the Triton kernels are launched: tiles, autotune configs, program counts, dtypes, device guard.
 
-The pair kernels' launch numbers live here, named once (the identity path's elementwise tile sits
-with its kernel in kernels/pair_sum.py). docs/kernels.md gives the reasoning behind the tiles.
+The pair kernels' launch numbers live here, named once. docs/kernels.md gives the reasoning behind
+the tiles.
 """
 
 from __future__ import annotations
@@ -52,8 +52,6 @@ BACKWARD_FIXED: Tile = BACKWARD_TILES[0]
 BACKWARD_FIXED_SM80: Tile = (2, 16, 8, 2)
 #: fp32 without TF32 multiplies with FMA (no MMA shape to fill, operands in registers): 16 pairs.
 IEEE_BACKWARD_TILE: Tile = (2, 8, 8, 1)
-#: Warps of the elementwise identity-path kernel (kernels/pair_sum.py).
-PAIR_SUM_WARPS = 4
 
 
 def autotuning() -> bool:

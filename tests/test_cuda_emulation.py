@@ -102,13 +102,25 @@ def test_emulated_kernels_match_reference_on_small_sets_for_every_activation_pai
 LARGE = [
     Problem(2, 70, 67, 19, 9, inner="relu", outer="relu", mask="ragged", seed=1),  # rows, keys past a clip
     Problem(2, 21, 75, 70, 66, inner="leaky_relu", outer="leaky_relu", mask="empty_row", seed=2),  # H, R tails
-    Problem(2, 66, 13, 5, 130, inner="abs", outer="identity", mask="ragged", seed=3),  # identity fast path
+    Problem(2, 66, 13, 5, 130, inner="abs", outer="identity", mask="ragged", seed=3),  # σ = identity, R tails
 ]
 
 
 @pytest.mark.parametrize("problem", LARGE, ids=lambda p: f"{p.N}x{p.M}x{p.H}x{p.R}")
 @pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "atomic"])
 def test_emulated_kernels_match_reference_on_large_sets_in_both_backward_modes(emulated, problem, deterministic):
+    assert_matches_reference(emulated, problem, torch.float32, deterministic)
+
+
+@pytest.mark.parametrize("outer", activations.OUTER)
+@pytest.mark.parametrize("sizes", [(9, 7, 6, 5), (70, 67, 6, 5)], ids=["clip", "large"])
+@pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "atomic"])
+def test_a_set_without_valid_keys_beside_a_live_one_matches_reference_for_every_outer(
+    emulated, outer, sizes, deterministic
+):
+    """No bias and no gradient where a set has no valid key, the bias and every gradient elsewhere,
+    for every σ: σ = identity included, which the pair kernels run like any other σ."""
+    problem = Problem(2, *sizes, inner="abs", outer=outer, mask="empty_row", seed=12)
     assert_matches_reference(emulated, problem, torch.float32, deterministic)
 
 

@@ -80,6 +80,16 @@ def test_edge_shapes_match_reference_for_every_activation_pair(name, shape):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_a_set_without_valid_keys_beside_a_live_one_matches_reference_for_every_activation_pair(name):
+    """No bias and no gradient where a set has no valid key, the bias and every gradient elsewhere,
+    for every σ: σ = identity included, which the pair kernels run like any other σ."""
+    usable(name)
+    for inner, outer in BACKENDS[name].supported_pairs:
+        problem = Problem(2, 5, 6, 4, 3, inner=inner, outer=outer, mask="empty_row", seed=11)
+        assert_matches_reference(problem, name, exact_dtype(name), device_for(name))
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_rows_without_valid_keys_give_zero_output_and_no_gradient(name):
     usable(name)
     device, dtype = device_for(name), exact_dtype(name)

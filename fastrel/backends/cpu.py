@@ -2,6 +2,8 @@
 
 Tiles of pairs are formed and reduced on per-thread scratch, so memory stays O(B·N·H) instead of
 the reference's O(B·N·M·H). Reductions run in a fixed order: results are deterministic always.
+Every outer activation runs through the same pair kernels (``auto`` sends outer = identity to
+``sort``, the exact fast path).
 """
 
 from __future__ import annotations

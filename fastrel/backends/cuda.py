@@ -1,10 +1,11 @@
 """The ``cuda`` backend: the CUDA C++ kernels of ``csrc/global_relation_cuda.cu`` through ``fastrel._C``.
 
-WMMA tensor cores for bfloat16/float16 (fp32 accumulation), plain fp32 and fp64 FMA otherwise; the
-outer = identity case takes the exact fast path. For sets of at most 64 items (clips) the backward
-runs one block per clip, which forms da, db and [dW | dβ] in one launch, in a fixed order, without
-atomics. Larger sets: deterministic without atomics when asked (a row pass for da and [dW | dβ],
-a key pass for db), else one pass with atomics.
+WMMA tensor cores for bfloat16/float16 (fp32 accumulation), plain fp32 and fp64 FMA otherwise; every
+outer activation runs through the same pair kernels (``auto`` sends outer = identity to ``sort``, the
+exact fast path). For sets of at most 64 items (clips) the backward runs one block per clip, which
+forms da, db and [dW | dβ] in one launch, in a fixed order, without atomics. Larger sets:
+deterministic without atomics when asked (a row pass for da and [dW | dβ], a key pass for db), else
+one pass with atomics.
 
 Its role: the better kernel for small sets and fp64, not for large sets in 16-bit or fp32, where
 Triton's larger tensor-core tiles win (``PREFERRED`` says why; a static estimate until a GPU has run).

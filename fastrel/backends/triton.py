@@ -2,7 +2,9 @@
 
 Runs on CUDA devices; with TRITON_INTERPRET=1 in the environment it also accepts CPU tensors
 (the interpreter runs the same kernels on the CPU, which is how the test suite covers them
-without a GPU) and float64. Triton is imported only when the backend is probed or used.
+without a GPU) and float64. Triton is imported only when the backend is probed or used. Every
+outer activation runs through the same pair kernels (``auto`` sends outer = identity to ``sort``,
+the exact fast path).
 """
 
 from __future__ import annotations
