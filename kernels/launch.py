@@ -53,8 +53,10 @@ BACKWARD_FIXED: Tile = BACKWARD_TILES[0]
 #: Triton 3.6).
 BACKWARD_FIXED_SM80: Tile = (2, 16, 8, 2)
 BACKWARD_FAST_SM80: Tile = (16, 2, 8, 2)
-#: fp32 without TF32 multiplies with FMA (no MMA shape to fill, operands in registers): 16 pairs.
+#: fp32 without TF32 multiplies with FMA (no MMA shape to fill, operands in registers): 16 pairs;
+#: fast mode takes 8 rows × 2 keys, for the reason of BACKWARD_FAST_SM80 (2×8 spilled 24 B on sm_80).
 IEEE_BACKWARD_TILE: Tile = (2, 8, 8, 1)
+IEEE_FAST_TILE: Tile = (8, 2, 8, 1)
 #: Warps of the elementwise identity-path kernel (kernels/pair_sum.py).
 PAIR_SUM_WARPS = 4
 
@@ -109,7 +111,7 @@ def backward_tile(x: torch.Tensor, n_own: int, n_loop: int, deterministic: bool)
     of a small set or of sm_80 (per mode), else the autotune list (the fixed tile in deterministic
     mode)."""
     if x.device.type == "cuda" and precision(x.dtype) == "ieee":
-        return IEEE_BACKWARD_TILE, False
+        return (IEEE_BACKWARD_TILE if deterministic else IEEE_FAST_TILE), False
     small = small_set_tile(n_own, n_loop)
     if small is not None:  # one step per work item: a second stage would prefetch the next item and spill
         return (*small, BACKWARD_FIXED[2], 1), False

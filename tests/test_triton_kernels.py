@@ -144,7 +144,8 @@ def test_backward_tile_and_r_slice_follow_the_device_capability(monkeypatch, cap
     previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
     try:
         assert launch.backward_tile(x, 128, 128, deterministic=True) == (tile, False)
-        fast = launch.BACKWARD_FAST_SM80 if (capability, dtype) == (8, torch.bfloat16) else tile
+        fast = {launch.BACKWARD_FIXED_SM80: launch.BACKWARD_FAST_SM80, launch.IEEE_BACKWARD_TILE: launch.IEEE_FAST_TILE}
+        fast = fast.get(tile, tile)
         tuned = (capability, dtype) == (9, torch.bfloat16)  # fast mode autotunes on sm_90
         assert launch.backward_tile(x, 128, 128, deterministic=False) == (fast, tuned)
         assert launch.r_slice(x, 128, forward=False) == r_slice
@@ -153,11 +154,13 @@ def test_backward_tile_and_r_slice_follow_the_device_capability(monkeypatch, cap
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
-@pytest.mark.parametrize("deterministic", [True, False])
-def test_sm80_backward_tiles_match_the_reference(monkeypatch, deterministic):
-    """The tiles sm_80 runs (not the interpreter's own) give the reference's gradients."""
+@pytest.mark.parametrize(
+    "tile, deterministic",
+    [(launch.BACKWARD_FIXED_SM80, True), (launch.BACKWARD_FAST_SM80, False), (launch.IEEE_FAST_TILE, False)],
+)
+def test_device_backward_tiles_match_the_reference(monkeypatch, tile, deterministic):
+    """The tiles of sm_80 and of fp32 fast mode (not the interpreter's own) give the reference's gradients."""
     usable(NAME)
-    tile = launch.BACKWARD_FIXED_SM80 if deterministic else launch.BACKWARD_FAST_SM80
     monkeypatch.setattr(launch, "backward_tile", lambda *args: (tile, False))
     problem = Problem(B=2, N=19, M=13, H=24, R=20, mask="ragged")
     ours = run(problem, NAME, torch.float32, device_for(NAME), deterministic=deterministic)
