@@ -19,10 +19,6 @@ from fastrel.kernels.activation import activation, backprop
 #: The interpreter converts fp32 to bf16 by truncation (GPUs round to nearest even), which biases
 #: every rounded product operand; there round_to rounds on the bits instead.
 BF16_BY_BITS: tl.constexpr = tl.constexpr(interpreting())
-#: The row pass stores its dW_r partial as transposed tiles (the same memory): Triton then keeps no
-#: thread offset of the final layout conversion across the walk. Triton 3.6 (the GPU image's) needs
-#: the second H half row-major for that at the paper shape; 3.8 spills less with both transposed.
-DW_HALF_ROW_MAJOR: tl.constexpr = tl.constexpr(tuple(map(int, triton.__version__.split(".")[:2])) < (3, 7))
 
 
 @triton.jit
@@ -198,13 +194,10 @@ def backward_rows_kernel(
             da1, dw1 = _row_half_step(du, p, dz_op, da1, dw1, db_ptr, bat, keys, M, h1, H, ATOMIC_DB, ACC, PRECISION)
         _store_t(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h0, H, da0)
         _store_t(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h1, H, da1)
+    # Stored as dW_rᵀ tiles: Triton 3.6 then keeps no store offset across the walk (the row-major
+    # store's were spilled in fast mode).
     _store_t(dw_part_ptr, program, r, R, h0, H, tl.trans(dw0))
-    if DW_HALF_ROW_MAJOR:
-        tl.store(
-            dw_part_ptr + (program * R + r[:, None]) * H + h1[None, :], dw1, mask=(r < R)[:, None] & (h1 < H)[None, :]
-        )
-    else:
-        _store_t(dw_part_ptr, program, r, R, h1, H, tl.trans(dw1))
+    _store_t(dw_part_ptr, program, r, R, h1, H, tl.trans(dw1))
     tl.store(dbias_part_ptr + program * R + r, dbias_acc, mask=r < R)
 
 
