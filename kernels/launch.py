@@ -49,7 +49,7 @@ FORWARD_FIXED: Tile = FORWARD_TILES[0]
 BACKWARD_FIXED: Tile = BACKWARD_TILES[0]
 #: sm_80 (mma.sync: every accumulator in registers, no 64-row MMA to fill) runs the backward with
 #: these tiles, half the pairs, without autotuning. Fast mode takes 16 rows × 2 keys: each db atomic
-#: then sums 16 rows, and the loop holds 8× fewer atomic addresses (2×16 spilled 128 B under
+#: then sums 16 rows, and the loop holds 8× fewer atomic addresses (2×16 spilled 128–152 B under
 #: Triton 3.6).
 BACKWARD_FIXED_SM80: Tile = (2, 16, 8, 2)
 BACKWARD_FAST_SM80: Tile = (16, 2, 8, 2)
