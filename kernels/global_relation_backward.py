@@ -194,8 +194,10 @@ def backward_rows_kernel(
             da1, dw1 = _row_half_step(du, p, dz_op, da1, dw1, db_ptr, bat, keys, M, h1, H, ATOMIC_DB, ACC, PRECISION)
         _store_t(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h0, H, da0)
         _store_t(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h1, H, da1)
-    tl.store(dw_part_ptr + (program * R + r[:, None]) * H + h0[None, :], dw0, mask=(r < R)[:, None] & (h0 < H)[None, :])
-    tl.store(dw_part_ptr + (program * R + r[:, None]) * H + h1[None, :], dw1, mask=(r < R)[:, None] & (h1 < H)[None, :])
+    # Stored as dW_rᵀ tiles: Triton 3.6 then keeps no store offset across the walk (the row-major
+    # store's were spilled in fast mode).
+    _store_t(dw_part_ptr, program, r, R, h0, H, tl.trans(dw0))
+    _store_t(dw_part_ptr, program, r, R, h1, H, tl.trans(dw1))
     tl.store(dbias_part_ptr + program * R + r, dbias_acc, mask=r < R)
 
 

@@ -48,10 +48,15 @@ BACKWARD_TILES: list[Tile] = [(2, 32, 8, 1)]
 FORWARD_FIXED: Tile = FORWARD_TILES[0]
 BACKWARD_FIXED: Tile = BACKWARD_TILES[0]
 #: sm_80 (mma.sync: every accumulator in registers, no 64-row MMA to fill) runs the backward with
-#: this tile, half the pairs, without autotuning.
+#: these tiles, half the pairs, without autotuning. Fast mode takes 16 rows × 2 keys: each db atomic
+#: then sums 16 rows, and the loop holds 8× fewer atomic addresses (2×16 spilled 128–152 B under
+#: Triton 3.6).
 BACKWARD_FIXED_SM80: Tile = (2, 16, 8, 2)
-#: fp32 without TF32 multiplies with FMA (no MMA shape to fill, operands in registers): 16 pairs.
+BACKWARD_FAST_SM80: Tile = (16, 2, 8, 2)
+#: fp32 without TF32 multiplies with FMA (no MMA shape to fill, operands in registers): 16 pairs;
+#: fast mode takes 8 rows × 2 keys, for the reason of BACKWARD_FAST_SM80 (2×8 spilled 24 B on sm_80).
 IEEE_BACKWARD_TILE: Tile = (2, 8, 8, 1)
+IEEE_FAST_TILE: Tile = (8, 2, 8, 1)
 
 
 def autotuning() -> bool:
@@ -101,14 +106,15 @@ def _capability(x: torch.Tensor) -> int:
 
 def backward_tile(x: torch.Tensor, n_own: int, n_loop: int, deterministic: bool) -> tuple[Tile, bool]:
     """(tile, autotune?) of both backward passes on x's device: the fixed tile of fp32 without TF32,
-    of a small set or of sm_80, else the autotune list (the fixed tile in deterministic mode)."""
+    of a small set or of sm_80 (per mode), else the autotune list (the fixed tile in deterministic
+    mode)."""
     if x.device.type == "cuda" and precision(x.dtype) == "ieee":
-        return IEEE_BACKWARD_TILE, False
+        return (IEEE_BACKWARD_TILE if deterministic else IEEE_FAST_TILE), False
     small = small_set_tile(n_own, n_loop)
     if small is not None:  # one step per work item: a second stage would prefetch the next item and spill
         return (*small, BACKWARD_FIXED[2], 1), False
     if x.device.type == "cuda" and _capability(x) < 9:
-        return BACKWARD_FIXED_SM80, False
+        return (BACKWARD_FIXED_SM80 if deterministic else BACKWARD_FAST_SM80), False
     return BACKWARD_FIXED, not deterministic
 
 

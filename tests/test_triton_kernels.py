@@ -144,7 +144,26 @@ def test_backward_tile_and_r_slice_follow_the_device_capability(monkeypatch, cap
     previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
     try:
         assert launch.backward_tile(x, 128, 128, deterministic=True) == (tile, False)
+        fast = {launch.BACKWARD_FIXED_SM80: launch.BACKWARD_FAST_SM80, launch.IEEE_BACKWARD_TILE: launch.IEEE_FAST_TILE}
+        fast = fast.get(tile, tile)
+        tuned = (capability, dtype) == (9, torch.bfloat16)  # fast mode autotunes on sm_90
+        assert launch.backward_tile(x, 128, 128, deterministic=False) == (fast, tuned)
         assert launch.r_slice(x, 128, forward=False) == r_slice
         assert launch.r_slice(x, 128, forward=True) == (launch.IEEE_R_SLICE if dtype == torch.float32 else 128)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+@pytest.mark.parametrize(
+    "tile, deterministic",
+    [(launch.BACKWARD_FIXED_SM80, True), (launch.BACKWARD_FAST_SM80, False), (launch.IEEE_FAST_TILE, False)],
+)
+def test_device_backward_tiles_match_the_reference(monkeypatch, tile, deterministic):
+    """The tiles of sm_80 and of fp32 fast mode (not the interpreter's own) give the reference's gradients."""
+    usable(NAME)
+    monkeypatch.setattr(launch, "backward_tile", lambda *args: (tile, False))
+    problem = Problem(B=2, N=19, M=13, H=24, R=20, mask="ragged")
+    ours = run(problem, NAME, torch.float32, device_for(NAME), deterministic=deterministic)
+    ref = run(problem, None, torch.float32, "cpu")
+    for label, x, r in zip(("g", "da", "db", "dweight", "dbias"), [ours[0], *ours[1]], [ref[0], *ref[1]]):
+        torch.testing.assert_close(x.cpu(), r, rtol=1e-4, atol=1e-4, msg=label)
