@@ -162,7 +162,12 @@ def test_each_epoch_summary_is_printed_when_the_epoch_ends(tmp_path, capsys):
     trainer.train_epoch = fail_in_the_second_epoch
     with pytest.raises(Interrupted):
         trainer.fit()
-    assert re.search(r"^epoch 1/3: .*loss [0-9.]+.*lr ", capsys.readouterr().out, re.MULTILINE)
+    printed = capsys.readouterr().out
+    assert re.search(r"^epoch 1/3: .*loss [0-9.]+.*lr ", printed, re.MULTILINE)
+    # The ablation's seconds per step are read from these lines.
+    from train.ablation import EPOCH_LINE
+
+    assert [m.group(1) for line in printed.splitlines() if (m := EPOCH_LINE.match(line))] == ["1"]
 
 
 def test_a_new_trainer_removes_temporaries_of_a_killed_write(tmp_path):
