@@ -45,11 +45,13 @@ def test_untrained_relation_head_at_zero_attention_scale_starts_as_average_pooli
     torch.testing.assert_close(out.clip_feature, expected * scale, rtol=1e-5, atol=1e-6)
 
 
-def test_default_relation_head_attends_from_the_start_and_refines_residually():
+def test_default_relation_head_refines_residually_and_starts_rgsa_as_average_pooling():
     model = build_model(ModelConfig(arch="resnet18", head="relation"), num_classes=5)
     assert model.temporal.residual and model.temporal.norm is None
-    assert model.spatial.norm.weight.item() == 1.0
     assert not model.temporal.refine.weight.any()
+    assert model.spatial.norm.weight.item() == 0.0
+    attending = build_model(ModelConfig(arch="resnet18", head="relation", attention_scale_init=1.0), num_classes=5)
+    assert attending.spatial.norm.weight.item() == 1.0
 
 
 def test_training_forward_gives_logits_for_frames_and_clips():

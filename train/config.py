@@ -47,7 +47,7 @@ class ModelConfig:
     outer: str = "relu"  # relation activation σ (relu | leaky_relu | identity; identity + relu/abs: sort path)
     identity_init: bool = True  # RGTR starts as the identity refinement, RGSA's score scale as below
     rgtr_residual: bool = True  # RGTR refines as f + FC([f; g]) (FC from zero, no BN), not BN(FC([f; g]))
-    attention_scale_init: float = 1.0  # RGSA's score BN scale γ at the start (0: RGSA starts as average pooling)
+    attention_scale_init: float = 0.0  # RGSA's score BN scale γ at the start (0: RGSA starts as average pooling)
 
 
 @dataclass
