@@ -2,7 +2,9 @@
 
 Identities differ in clothing colours and patterns, build, hair or hat and accessories; cameras
 differ in background, clutter, lighting and scale; people walk (legs and arms swing, the crop
-follows them) and some tracklets are partly occluded for a run of frames. Appearance alone is not
+follows them) and some tracklets are partly occluded for a run of frames. Optionally, as in
+detector-made sets such as MARS, the box is off the person (`misalign`) and another pedestrian
+walks beside the person, partly in the box (`neighbour_p`). Appearance alone is not
 enough to match across cameras without looking at the person, and single occluded frames are
 ambiguous, so both spatial attention and temporal aggregation pay off.
 """
@@ -260,9 +262,11 @@ def _draw_person(
     yy, xx = grid[0] * h, grid[1] * w
     phase = (scene.phase if phase is None else phase) + t * scene.pace * 1.3
     height = camera.scale * scene.zoom * who.stature * h * rng.uniform(0.97, 1.03)
-    bottom = h * (0.99 + scene.shift[1] + rng.uniform(-1, 1) * scene.jitter * 0.5)
+    # Box jitter is drawn only where there is some: with misalign = 0 the data do not depend on the option.
+    jitter = rng.uniform(-1, 1, 2) * scene.jitter if scene.jitter > 0 else np.zeros(2)
+    bottom = h * (0.99 + scene.shift[1] + 0.5 * jitter[1])
     top = bottom - height - 0.02 * height * abs(np.sin(phase)) + rng.uniform(-1, 1)
-    dx = scene.shift[0] + offset + scene.drift * t + rng.uniform(-0.04, 0.04) + rng.uniform(-1, 1) * scene.jitter
+    dx = scene.shift[0] + offset + scene.drift * t + rng.uniform(-0.04, 0.04) + jitter[0]
     centre = w / 2 + dx * w
     py = (yy - top) / height
     px = scene.direction * (xx - centre) / height
