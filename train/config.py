@@ -43,7 +43,7 @@ class ModelConfig:
     hidden_channels: int | None = None  # RGSA/RGTR hidden width H (None: C/8)
     relation_channels: int | None = None  # RGSA/RGTR relation width R (None: C/16)
     backend: str = "auto"  # fastrel backend for the relation modules
-    inner: str = "relu"  # relation activation δ (relu | leaky_relu | abs | identity)
+    inner: str = "identity"  # relation activation δ (relu | leaky_relu | abs | identity); docs/method_study.md
     outer: str = "relu"  # relation activation σ (relu | leaky_relu | identity; identity + relu/abs: sort path)
     identity_init: bool = True  # RGTR starts as the identity refinement, RGSA's score scale as below
     rgtr_residual: bool = True  # RGTR refines as f + FC([f; g]) (FC from zero, no BN), not BN(FC([f; g]))
