@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from train import checkpoint
-from train.config import Config, ConfigError
+from train.config import Config, ConfigError, ModelConfig
 from train.data import PKSampler
 from train.engine import CHECKPOINT_NAME, Trainer, takes_effect
 from train.model import VideoReIDModel
@@ -120,7 +120,7 @@ def test_eval_only_resume_ignores_training_keys_but_not_model_keys(tmp_path):
     ]
     assert [takes_effect(key, evaluating.config) for key in ("optim.lr", "run.eval_only")] == [False, True]
     other_model = make_trainer(tmp_path, init_seed=0, workers=0, run__eval_only=True, model__inner="abs")
-    with pytest.raises(ConfigError, match=r"model\.inner 'relu' -> 'abs'"):
+    with pytest.raises(ConfigError, match=rf"model\.inner '{ModelConfig().inner}' -> 'abs'"):
         other_model.resume(tmp_path / CHECKPOINT_NAME, restore_rng=False)
 
 
