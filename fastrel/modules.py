@@ -119,13 +119,37 @@ class RGSA(_RelationGuided):
 class RGTR(_RelationGuided):
     """Relation-guided temporal refinement: frame features (B, T, C) → (clip (B, C), refined (B, T, C)).
 
-    Refined f'_t = BN(FC([f_t ; g_t])) with g over the valid frames; the clip feature is the mean
-    of the valid refined frames. Clips of different lengths: ``lengths`` (B,) or ``mask`` (B, T).
+    Refined f'_t = BN(FC([f_t ; g_t])) with g over the valid frames, or with ``residual=True``
+    f'_t = f_t + FC([f_t ; g_t]) (no BN; the FC starts at zero, so RGTR starts as the temporal
+    mean); the clip feature is the mean of the valid refined frames. Clips of different lengths:
+    ``lengths`` (B,) or ``mask`` (B, T).
     """
 
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: Optional[int] = None,
+        relation_channels: Optional[int] = None,
+        *,
+        inner: str = "relu",
+        outer: str = "relu",
+        backend: str = "auto",
+        residual: bool = False,
+    ) -> None:
+        if not isinstance(residual, bool):
+            raise ValueError(f"residual: expected a bool, got {residual!r}")
+        self.residual = residual
+        super().__init__(
+            in_channels, hidden_channels, relation_channels, inner=inner, outer=outer, backend=backend
+        )
+
     def _build_head(self, in_channels: int, relation_channels: int) -> None:
-        self.refine = nn.Linear(in_channels + relation_channels, in_channels, bias=False)  # BN follows
-        self.norm = nn.BatchNorm1d(in_channels)
+        self.refine = nn.Linear(in_channels + relation_channels, in_channels, bias=False)
+        if self.residual:  # the branch starts at zero; no BN
+            nn.init.zeros_(self.refine.weight)
+            self.norm = None
+        else:  # BN follows: a bias would be void
+            self.norm = nn.BatchNorm1d(in_channels)
 
     def forward(
         self, x: Tensor, lengths: Optional[Tensor] = None, mask: Optional[Tensor] = None
@@ -134,15 +158,22 @@ class RGTR(_RelationGuided):
         mask = _frame_mask(x, lengths, mask)
         g = self.relation(x, key_mask=mask)  # (B, T, R)
         refined = self.refine(torch.cat([x, g.to(x.dtype)], dim=2))  # (B, T, C)
+        if self.residual:
+            refined = x + refined
         if mask is None:
-            refined = self.norm(refined.flatten(0, 1)).view_as(refined)
+            if self.norm is not None:
+                refined = self.norm(refined.flatten(0, 1)).view_as(refined)
             return refined.mean(dim=1), refined
-        # Normalise with the statistics of valid frames only; padding stays zero.
-        valid = refined[mask]
-        refined = torch.zeros_like(refined).index_put((mask,), self.norm(valid))
+        if self.norm is not None:
+            # Normalise with the statistics of valid frames only.
+            refined = torch.zeros_like(refined).index_put((mask,), self.norm(refined[mask]))
         weights = mask.to(refined.dtype)
-        clip = (refined * weights[..., None]).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp(min=1)
+        refined = refined * weights[..., None]  # padding stays zero
+        clip = refined.sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp(min=1)
         return clip, refined
+
+    def extra_repr(self) -> str:
+        return f"residual={self.residual}"
 
 
 def _frame_mask(x: Tensor, lengths: Optional[Tensor], mask: Optional[Tensor]) -> Optional[Tensor]:

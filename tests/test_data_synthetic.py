@@ -119,3 +119,63 @@ def test_identity_is_in_the_person_and_the_background_misleads(tmp_path):
     person, whole = rank1(ds, person_strip=True), rank1(ds, person_strip=False)
     assert person >= 6 * chance
     assert whole < person / 3
+
+
+def _frames(scene, who, camera, seed: int = 0) -> np.ndarray:
+    """The tracklet of `who` in `scene` as float (T, H, W, 3), with the pixel noise of a fixed seed."""
+    from train.data.synthetic import _render_tracklet
+
+    frames = _render_tracklet(who, camera, scene, 4, (64, 32), np.random.default_rng(seed))
+    return np.stack(frames).astype(np.float64)
+
+
+def _person_columns(scene, who, camera) -> np.ndarray:
+    """Per column, how many pixels the person changes against the empty scene (summed over frames)."""
+    changed = np.abs(_frames(scene, who, camera) - _frames(scene, None, camera)).sum(-1) > 60
+    return changed.sum(axis=(0, 1)).astype(np.float64)
+
+
+def _still_scene(**box):
+    from train.data.synthetic import Scene
+
+    return Scene(clutter=[], direction=1, phase=0.0, pace=0.0, drift=0.0, light=1.0, occluder=None, **box)
+
+
+def test_a_misaligned_box_moves_the_person_off_the_centre():
+    from train.data.synthetic import _appearances, _cameras
+
+    rng = np.random.default_rng(0)
+    camera, who = _cameras(rng, 1)[0], _appearances(rng, 1)[0]
+    columns = np.arange(32) + 0.5
+    centred = _person_columns(_still_scene(), who, camera)
+    shifted = _person_columns(_still_scene(shift=(0.25, 0.0)), who, camera)
+    centre = (columns * centred).sum() / centred.sum()
+    moved = (columns * shifted).sum() / shifted.sum()
+    assert abs(centre - 16) < 2
+    assert moved - centre > 0.15 * 32  # a shift of a quarter box width moves the body's centre with it
+
+
+def test_a_neighbour_shows_only_on_its_side_of_the_box():
+    from train.data.synthetic import Neighbour, _appearances, _cameras
+
+    rng = np.random.default_rng(1)
+    camera = _cameras(rng, 1)[0]
+    who, other = _appearances(rng, 2)
+    alone = _frames(_still_scene(), who, camera)
+    for in_front in (False, True):
+        beside = _frames(_still_scene(neighbour=Neighbour(other, 0.6, 0.0, in_front)), who, camera)
+        changed = (np.abs(beside - alone).sum(-1) > 60).sum(axis=(0, 1))
+        # Beyond the person's own reach: the neighbour's near side at the right edge, nothing at the left.
+        assert changed[27:].sum() > 20
+        assert changed[:6].sum() == 0
+
+
+def test_realism_options_reach_the_written_frames_and_are_validated(tmp_path):
+    plain = tree_bytes(generate_synthetic(tmp_path / "plain", seed=5, **TINY))
+    crowded = tree_bytes(generate_synthetic(tmp_path / "crowded", seed=5, misalign=0.2, neighbour_p=1.0, **TINY))
+    shared = [k for k in plain.keys() & crowded.keys() if k.endswith(".jpg")]
+    assert sum(plain[k] != crowded[k] for k in shared) > 0.9 * len(shared)
+    with pytest.raises(ValueError, match="misalign"):
+        generate_synthetic(tmp_path / "bad", misalign=0.8)
+    with pytest.raises(ValueError, match="neighbour_p"):
+        generate_synthetic(tmp_path / "bad", neighbour_p=1.5)

@@ -65,6 +65,46 @@ def test_rgtr_on_any_backend_matches_the_reference_backend(name):
     _assert_close_gradients(results[0][2], results[1][2])
 
 
+@pytest.mark.parametrize("name", CPU_BACKENDS)
+def test_residual_rgtr_on_any_backend_matches_the_reference_backend(name):
+    usable(name)
+    kwargs = {} if ("relu", "relu") in BACKENDS[name].supported_pairs else {"outer": "identity"}
+    reference, fused = _pair(fastrel.RGTR, name, residual=True, **kwargs)
+    with torch.no_grad():  # a trained branch, so that the relation part has a gradient
+        reference.refine.weight.normal_(std=0.1)
+    fused.load_state_dict(reference.state_dict())
+    x = torch.randn(4, 6, 32, dtype=torch.float64)
+    lengths = torch.tensor([6, 3, 1, 0])
+    results = []
+    for module in (reference, fused):
+        clip, refined = module(x, lengths=lengths)
+        (clip.square().sum() + refined.sum()).backward()
+        results.append((clip, refined, _gradients(module)))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    _assert_close_gradients(results[0][2], results[1][2])
+    assert results[0][2]["relation.project.weight"].abs().sum() > 0
+
+
+def test_residual_rgtr_starts_as_the_temporal_mean_and_keeps_padding_zero():
+    module = fastrel.RGTR(32, residual=True, backend="reference").train()
+    assert module.norm is None
+    x = torch.randn(2, 5, 32)
+    lengths = torch.tensor([5, 3])
+    clip, refined = module(x, lengths=lengths)
+    torch.testing.assert_close(clip[0], x[0].mean(dim=0))
+    torch.testing.assert_close(clip[1], x[1, :3].mean(dim=0))
+    torch.testing.assert_close(refined[1, :3], x[1, :3])
+    assert torch.equal(refined[1, 3:], torch.zeros(2, 32))
+    clip.square().sum().backward()
+    assert module.refine.weight.grad.abs().sum() > 0  # the zero branch still learns at once
+
+
+def test_residual_must_be_a_bool():
+    with pytest.raises(ValueError, match="residual"):
+        fastrel.RGTR(8, residual="yes")
+
+
 def test_backend_choice_leaves_the_state_dict_unchanged():
     keys = {tuple(fastrel.RGSA(64, backend=name).state_dict()) for name in BACKENDS}
     assert len(keys) == 1

@@ -28,9 +28,11 @@ def test_missing_pretrained_file_names_the_option(tmp_path):
         ResNetTrunk("resnet18", pretrained=str(tmp_path / "absent.pth"))
 
 
-def test_untrained_relation_head_starts_as_average_pooling():
+@pytest.mark.parametrize("residual", [False, True])
+def test_untrained_relation_head_at_zero_attention_scale_starts_as_average_pooling(residual):
     torch.manual_seed(0)
-    relation = build_model(ModelConfig(arch="resnet18", head="relation"), num_classes=5).eval()
+    config = ModelConfig(arch="resnet18", head="relation", rgtr_residual=residual, attention_scale_init=0.0)
+    relation = build_model(config, num_classes=5).eval()
     baseline = build_model(ModelConfig(arch="resnet18", head="avgpool"), num_classes=5).eval()
     baseline.backbone.load_state_dict(relation.backbone.state_dict())
     clips = torch.randn(2, 3, 3, 64, 32)
@@ -38,8 +40,18 @@ def test_untrained_relation_head_starts_as_average_pooling():
         out = relation(clips, return_attention=True)
         expected = baseline(clips).clip_feature
     torch.testing.assert_close(out.attention, torch.full_like(out.attention, 1 / 8))
-    # RGTR's fresh BatchNorm divides by sqrt(1 + eps) in eval mode.
-    torch.testing.assert_close(out.clip_feature, expected / (1 + 1e-5) ** 0.5, rtol=1e-5, atol=1e-6)
+    # The plain RGTR's fresh BatchNorm divides by sqrt(1 + eps) in eval mode; the residual has none.
+    scale = 1.0 if residual else (1 + 1e-5) ** -0.5
+    torch.testing.assert_close(out.clip_feature, expected * scale, rtol=1e-5, atol=1e-6)
+
+
+def test_default_relation_head_refines_residually_and_starts_rgsa_as_average_pooling():
+    model = build_model(ModelConfig(arch="resnet18", head="relation"), num_classes=5)
+    assert model.temporal.residual and model.temporal.norm is None
+    assert not model.temporal.refine.weight.any()
+    assert model.spatial.norm.weight.item() == 0.0
+    attending = build_model(ModelConfig(arch="resnet18", head="relation", attention_scale_init=1.0), num_classes=5)
+    assert attending.spatial.norm.weight.item() == 1.0
 
 
 def test_training_forward_gives_logits_for_frames_and_clips():
@@ -57,3 +69,22 @@ def test_unknown_head_and_arch_name_the_option():
         build_model(ModelConfig(arch="resnet18", head="lstm"), num_classes=2)
     with pytest.raises(ValueError, match="model.arch"):
         build_model(ModelConfig(arch="vgg16"), num_classes=2)
+
+
+def test_head_parameters_get_their_own_learning_rate_and_weight_decay():
+    from train.config import OptimConfig
+    from train.engine import build_optimizer
+
+    model = build_model(ModelConfig(arch="resnet18", head="relation"), num_classes=5)
+    config = OptimConfig(lr=1e-3, weight_decay=5e-4, head_lr_factor=0.1, head_weight_decay=0.0)
+    optimizer, _ = build_optimizer(model, config)
+    rest, head = optimizer.param_groups
+    head_ids = {id(p) for p in [*model.spatial.parameters(), *model.temporal.parameters()] if p.requires_grad}
+    assert {id(p) for p in head["params"]} == head_ids
+    assert head["initial_lr"] == pytest.approx(1e-4) and head["weight_decay"] == 0.0  # before the schedule
+    assert rest["initial_lr"] == pytest.approx(1e-3) and rest["weight_decay"] == 5e-4
+    assert head["lr"] / rest["lr"] == pytest.approx(0.1)  # the warm-up scales both alike
+    trainable = sum(p.requires_grad for p in model.parameters())
+    assert len(rest["params"]) + len(head["params"]) == trainable
+    baseline = build_model(ModelConfig(arch="resnet18", head="avgpool"), num_classes=5)
+    assert len(build_optimizer(baseline, OptimConfig())[0].param_groups) == 1  # no head, one group

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from train import checkpoint
-from train.config import Config, ConfigError
+from train.config import Config, ConfigError, ModelConfig
 from train.data import PKSampler
 from train.engine import CHECKPOINT_NAME, Trainer, takes_effect
 from train.model import VideoReIDModel
@@ -120,7 +120,7 @@ def test_eval_only_resume_ignores_training_keys_but_not_model_keys(tmp_path):
     ]
     assert [takes_effect(key, evaluating.config) for key in ("optim.lr", "run.eval_only")] == [False, True]
     other_model = make_trainer(tmp_path, init_seed=0, workers=0, run__eval_only=True, model__inner="abs")
-    with pytest.raises(ConfigError, match=r"model\.inner 'relu' -> 'abs'"):
+    with pytest.raises(ConfigError, match=rf"model\.inner '{ModelConfig().inner}' -> 'abs'"):
         other_model.resume(tmp_path / CHECKPOINT_NAME, restore_rng=False)
 
 
@@ -162,7 +162,12 @@ def test_each_epoch_summary_is_printed_when_the_epoch_ends(tmp_path, capsys):
     trainer.train_epoch = fail_in_the_second_epoch
     with pytest.raises(Interrupted):
         trainer.fit()
-    assert re.search(r"^epoch 1/3: .*loss [0-9.]+.*lr ", capsys.readouterr().out, re.MULTILINE)
+    printed = capsys.readouterr().out
+    assert re.search(r"^epoch 1/3: .*loss [0-9.]+.*lr ", printed, re.MULTILINE)
+    # The ablation's seconds per step are read from these lines.
+    from train.ablation import EPOCH_LINE
+
+    assert [m.group(1) for line in printed.splitlines() if (m := EPOCH_LINE.match(line))] == ["1"]
 
 
 def test_a_new_trainer_removes_temporaries_of_a_killed_write(tmp_path):

@@ -30,7 +30,7 @@ ROWS = {
     "relu/identity": ["model.head=relation", "model.inner=relu", "model.outer=identity"],
 }
 
-EPOCH_LINE = re.compile(r"^epoch (\d+):.*seconds ([0-9.]+)")
+EPOCH_LINE = re.compile(r"^epoch (\d+)/\d+:.*seconds ([0-9.]+)")
 
 
 def run_one(row: str, seed: int, args: argparse.Namespace) -> dict:

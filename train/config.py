@@ -43,9 +43,11 @@ class ModelConfig:
     hidden_channels: int | None = None  # RGSA/RGTR hidden width H (None: C/8)
     relation_channels: int | None = None  # RGSA/RGTR relation width R (None: C/16)
     backend: str = "auto"  # fastrel backend for the relation modules
-    inner: str = "relu"  # relation activation δ (relu | leaky_relu | abs | identity)
+    inner: str = "identity"  # relation activation δ (relu | leaky_relu | abs | identity); docs/method_study.md
     outer: str = "relu"  # relation activation σ (relu | leaky_relu | identity; identity + relu/abs: sort path)
-    identity_init: bool = True  # RGSA starts as average pooling, RGTR as the identity refinement
+    identity_init: bool = True  # RGTR starts as the identity refinement, RGSA's score scale as below
+    rgtr_residual: bool = True  # RGTR refines as f + FC([f; g]) (FC from zero, no BN), not BN(FC([f; g]))
+    attention_scale_init: float = 0.0  # RGSA's score BN scale γ at the start (0: RGSA starts as average pooling)
 
 
 @dataclass
@@ -68,6 +70,8 @@ class OptimConfig:
     warmup_epochs: int = 10
     warmup_factor: float = 0.01  # lr multiplier at the first warm-up step
     steps_per_epoch: int = 0  # 0: one pass of the sampler; >0 caps the steps per epoch
+    head_lr_factor: float = 1.0  # lr of the RGSA/RGTR parameters as a multiple of optim.lr
+    head_weight_decay: float | None = None  # weight decay of the RGSA/RGTR parameters (None: optim.weight_decay)
 
 
 @dataclass
@@ -174,6 +178,8 @@ RULES: dict[str, Rule] = {
     "optim.warmup_epochs": at_least(0),
     "optim.warmup_factor": within(0.0, 1.0),
     "optim.steps_per_epoch": at_least(0),
+    "optim.head_lr_factor": above(0.0),
+    "optim.head_weight_decay": optional(at_least(0.0)),
     "eval.mode": one_of(*EVAL_MODES),
     "eval.chunk_len": at_least(1),
     "eval.max_frames": at_least(0),

@@ -66,8 +66,15 @@ def lr_factor(epoch: int, config: OptimConfig) -> float:
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> tuple[torch.optim.Optimizer, LambdaLR]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    """Adam over the trainable parameters; RGSA's and RGTR's (``head_*`` options) in a group of their own."""
+    head_names = ("spatial.", "temporal.")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    head = [p for n, p in named if n.startswith(head_names)]
+    groups = [{"params": [p for n, p in named if not n.startswith(head_names)]}]
+    if head:
+        decay = config.weight_decay if config.head_weight_decay is None else config.head_weight_decay
+        groups.append({"params": head, "lr": config.lr * config.head_lr_factor, "weight_decay": decay})
+    optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = LambdaLR(optimizer, lambda epoch: lr_factor(epoch, config))
     return optimizer, scheduler
 

@@ -98,6 +98,8 @@ class VideoReIDModel(nn.Module):
         inner: str = "relu",
         outer: str = "relu",
         identity_init: bool = True,
+        attention_scale_init: float = 0.0,
+        rgtr_residual: bool = False,
     ) -> None:
         super().__init__()
         if head not in HEADS:
@@ -107,14 +109,17 @@ class VideoReIDModel(nn.Module):
         if head == "relation":
             options = dict(inner=inner, outer=outer, backend=backend)
             self.spatial = fastrel.RGSA(channels, hidden_channels, relation_channels, **options)
-            self.temporal = fastrel.RGTR(channels, hidden_channels, relation_channels, **options)
+            self.temporal = fastrel.RGTR(
+                channels, hidden_channels, relation_channels, residual=rgtr_residual, **options
+            )
             # Shifts of these BN biases are undone downstream (the softmax over positions; the
             # clip BNNeck and the triplet distances): their gradient is identically zero, and Adam
             # would only turn rounding noise into steps of size lr. Keep them fixed.
-            for bias in (self.spatial.norm.bias, self.temporal.norm.bias):
-                bias.requires_grad_(False)
+            for norm in (self.spatial.norm, self.temporal.norm):
+                if norm is not None:
+                    norm.bias.requires_grad_(False)
             if identity_init:
-                self._identity_init(channels)
+                self._identity_init(channels, attention_scale_init)
         self.frame_neck = _bnneck(channels)
         self.clip_neck = _bnneck(channels)
         self.frame_classifier = nn.Linear(channels, num_classes, bias=False)
@@ -123,14 +128,14 @@ class VideoReIDModel(nn.Module):
             nn.init.normal_(classifier.weight, std=0.001)
 
     @torch.no_grad()
-    def _identity_init(self, channels: int) -> None:
-        """Start RGSA as average pooling (zero BN scale: all scores equal) and RGTR as the identity
-        refinement (FC = [I 0]), so the untrained head passes the backbone's features through
-        unscrambled and learns to use the relations from there (as zero-γ residual inits do)."""
-        nn.init.zeros_(self.spatial.norm.weight)
-        weight = self.temporal.refine.weight  # (C, C + R)
-        weight.zero_()
-        weight[:, :channels].copy_(torch.eye(channels))
+    def _identity_init(self, channels: int, attention_scale: float) -> None:
+        """Start RGTR as the identity refinement (FC = [I 0]) and RGSA's score BN at scale
+        ``attention_scale`` (0: all scores equal, RGSA starts as average pooling)."""
+        nn.init.constant_(self.spatial.norm.weight, attention_scale)
+        if not self.temporal.residual:  # a residual RGTR starts as the identity already
+            weight = self.temporal.refine.weight  # (C, C + R)
+            weight.zero_()
+            weight[:, :channels].copy_(torch.eye(channels))
 
     def forward(self, clips: Tensor, lengths: Tensor | None = None, return_attention: bool = False) -> ModelOutput:
         if clips.dim() != 5:
@@ -196,4 +201,6 @@ def build_model(config: ModelConfig, num_classes: int) -> VideoReIDModel:
         inner=config.inner,
         outer=config.outer,
         identity_init=config.identity_init,
+        attention_scale_init=config.attention_scale_init,
+        rgtr_residual=config.rgtr_residual,
     )

@@ -2,7 +2,9 @@
 
 Identities differ in clothing colours and patterns, build, hair or hat and accessories; cameras
 differ in background, clutter, lighting and scale; people walk (legs and arms swing, the crop
-follows them) and some tracklets are partly occluded for a run of frames. Appearance alone is not
+follows them) and some tracklets are partly occluded for a run of frames. Optionally, as in
+detector-made sets such as MARS, the box is off the person (`misalign`) and another pedestrian
+walks beside the person, partly in the box (`neighbour_p`). Appearance alone is not
 enough to match across cameras without looking at the person, and single occluded frames are
 ambiguous, so both spatial attention and temporal aggregation pay off.
 """
@@ -90,8 +92,20 @@ class Occluder:
 
 
 @dataclass(frozen=True)
+class Neighbour:
+    """Another pedestrian walking beside the person, partly inside the box: left or right of it by
+    `offset` (a fraction of the box width), in front of the person or behind."""
+
+    who: Appearance
+    offset: float
+    phase: float
+    in_front: bool
+
+
+@dataclass(frozen=True)
 class Scene:
-    """Per-tracklet state: clutter boxes, walking direction and pace, and an optional occluder."""
+    """Per-tracklet state: clutter boxes, walking direction and pace, where the detector's box sits
+    on the person (`shift`, `zoom`, `jitter`), and an optional occluder and neighbour."""
 
     clutter: list[tuple[float, float, float, float, np.ndarray]]
     direction: int
@@ -100,6 +114,10 @@ class Scene:
     drift: float
     light: float
     occluder: Occluder | None
+    shift: tuple[float, float] = (0.0, 0.0)
+    zoom: float = 1.0
+    jitter: float = 0.0
+    neighbour: Neighbour | None = None
 
 
 def _jitter(rng: np.random.Generator, colour: np.ndarray, amount: float = 0.05) -> np.ndarray:
@@ -160,7 +178,15 @@ def _cameras(rng: np.random.Generator, count: int) -> list[Camera]:
     return cameras
 
 
-def _scene(rng: np.random.Generator, camera: Camera, length: int, occlusion_p: float) -> Scene:
+def _scene(
+    rng: np.random.Generator,
+    camera: Camera,
+    length: int,
+    occlusion_p: float,
+    misalign: float = 0.0,
+    neighbour_p: float = 0.0,
+    crowd: list[Appearance] | None = None,
+) -> Scene:
     clutter = []
     for _ in range(camera.clutter):
         y0, x0 = rng.uniform(0, 0.9), rng.uniform(-0.3, 1.0)
@@ -173,6 +199,21 @@ def _scene(rng: np.random.Generator, camera: Camera, length: int, occlusion_p: f
         kind = ("pole", "low_wall", "passer_by")[rng.integers(3)]
         colour = _jitter(rng, PALETTE[rng.integers(len(PALETTE))])
         occluder = Occluder(kind, first, first + span, colour, float(rng.uniform(0.3, 0.45)))
+    box: dict = {}
+    if misalign > 0:  # the detector's box is off the person: shifted, too large or too small
+        box = dict(
+            shift=(float(rng.uniform(-misalign, misalign)), float(rng.uniform(-misalign, misalign) * 0.5)),
+            zoom=float(rng.uniform(1.0 - misalign, 1.0 + 0.5 * misalign)),
+            jitter=misalign / 3,
+        )
+    if crowd and rng.random() < neighbour_p:
+        side = 1 if rng.random() < 0.5 else -1
+        box["neighbour"] = Neighbour(
+            who=crowd[int(rng.integers(len(crowd)))],
+            offset=side * float(rng.uniform(0.5, 0.7)),
+            phase=float(rng.uniform(0, 2 * np.pi)),
+            in_front=bool(rng.random() < 0.5),
+        )
     return Scene(
         clutter=clutter,
         direction=1 if rng.random() < 0.5 else -1,
@@ -181,6 +222,7 @@ def _scene(rng: np.random.Generator, camera: Camera, length: int, occlusion_p: f
         drift=float(rng.uniform(-0.02, 0.02)),
         light=float(rng.uniform(0.9, 1.1)),
         occluder=occluder,
+        **box,
     )
 
 
@@ -212,13 +254,20 @@ def _draw_person(
     t: int,
     grid: tuple[np.ndarray, np.ndarray],
     rng: np.random.Generator,
+    offset: float = 0.0,
+    phase: float | None = None,
 ) -> None:
+    """Draw `who` into `img` where the tracklet's box puts the person, `offset` box widths to the side."""
     h, w = img.shape[:2]
     yy, xx = grid[0] * h, grid[1] * w
-    phase = scene.phase + t * scene.pace * 1.3
-    height = camera.scale * who.stature * h * rng.uniform(0.97, 1.03)
-    top = h * 0.99 - height - 0.02 * height * abs(np.sin(phase)) + rng.uniform(-1, 1)
-    centre = w / 2 + (scene.drift * t + rng.uniform(-0.04, 0.04)) * w
+    phase = (scene.phase if phase is None else phase) + t * scene.pace * 1.3
+    height = camera.scale * scene.zoom * who.stature * h * rng.uniform(0.97, 1.03)
+    # Box jitter is drawn only where there is some: with misalign = 0 the data do not depend on the option.
+    jitter = rng.uniform(-1, 1, 2) * scene.jitter if scene.jitter > 0 else np.zeros(2)
+    bottom = h * (0.99 + scene.shift[1] + 0.5 * jitter[1])
+    top = bottom - height - 0.02 * height * abs(np.sin(phase)) + rng.uniform(-1, 1)
+    dx = scene.shift[0] + offset + scene.drift * t + rng.uniform(-0.04, 0.04) + jitter[0]
+    centre = w / 2 + dx * w
     py = (yy - top) / height
     px = scene.direction * (xx - centre) / height
     b = who.build
@@ -308,8 +357,13 @@ def _render_tracklet(
     frames = []
     for t in range(length):
         img = _background(camera, scene, t, grid)
+        near = scene.neighbour
+        if near is not None and who is not None and not near.in_front:
+            _draw_person(img, near.who, camera, scene, t, grid, rng, near.offset, near.phase)
         if who is not None:
             _draw_person(img, who, camera, scene, t, grid, rng)
+        if near is not None and who is not None and near.in_front:
+            _draw_person(img, near.who, camera, scene, t, grid, rng, near.offset, near.phase)
         _draw_occluder(img, scene, t, grid)
         img = img * (camera.gain * scene.light) * camera.tint + rng.normal(0.0, 0.02, img.shape)
         frames.append((np.clip(img, 0.0, 1.0) * 255 + 0.5).astype(np.uint8))
@@ -338,6 +392,8 @@ def generate_synthetic(
     width: int = 32,
     extra_tracklet_p: float = 0.3,
     occlusion_p: float = 0.3,
+    misalign: float = 0.0,
+    neighbour_p: float = 0.0,
     num_distractors: int = 6,
     num_junk: int = 3,
     jpeg_quality: int = 90,
@@ -349,6 +405,9 @@ def generate_synthetic(
     `extra_tracklet_p`) of `min_len`..`max_len` frames of `height`×`width` pixels. Test queries are
     one tracklet in each of up to two cameras per test identity, always leaving another camera in
     the gallery. pid 0 distractors and pid -1 junk tracklets go into the test set as in MARS.
+    `occlusion_p`: chance that something occludes a run of a tracklet's frames; `misalign`: how far
+    the detector's box is off the person (shift up to that fraction of the box, zoom by up to it);
+    `neighbour_p`: chance that another pedestrian walks beside the person, partly in the box.
     The same arguments give byte-identical files.
     """
     if num_ids < 2:
@@ -365,6 +424,11 @@ def generate_synthetic(
         )
     if not 1 <= min_len <= max_len:
         raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
+    if not 0.0 <= misalign <= 0.5:
+        raise ValueError(f"misalign must be in [0, 0.5], got {misalign}")
+    for name, p in (("occlusion_p", occlusion_p), ("neighbour_p", neighbour_p), ("extra_tracklet_p", extra_tracklet_p)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
     if height < 16 or width < 8:
         raise ValueError(f"images must be at least 16x8 pixels, got height={height}, width={width}")
 
@@ -388,7 +452,10 @@ def generate_synthetic(
         subset = "train" if pid in train_pids else "test"
         plan[subset] += [(pid, cam, people[pid - 1]) for cam in tracklets_of(pid)]
 
-    settings = (cameras, (min_len, max_len), (height, width), occlusion_p, jpeg_quality, rng)
+    # Passers-by beside a person are people outside the data set (no tracklets of their own).
+    crowd = _appearances(rng, max(4, num_ids // 4)) if neighbour_p > 0 else []
+    scene_options = dict(occlusion_p=occlusion_p, misalign=misalign, neighbour_p=neighbour_p, crowd=crowd)
+    settings = (cameras, (min_len, max_len), (height, width), scene_options, jpeg_quality, rng)
     _write_subset(root, "train", plan["train"], *settings)
     test_rows = _write_subset(root, "test", plan["test"], *settings)
     queries = np.array([_choose_queries(test_rows, rng)], dtype=np.float64)
@@ -403,7 +470,7 @@ def _write_subset(
     cameras: list[Camera],
     frame_range: tuple[int, int],
     size: tuple[int, int],
-    occlusion_p: float,
+    scene_options: dict,
     jpeg_quality: int,
     rng: np.random.Generator,
 ) -> list[tuple[int, int, int, int]]:
@@ -417,7 +484,7 @@ def _write_subset(
     for pid, cam, who in plan:
         number = counter[(pid, cam)] = counter.get((pid, cam), 0) + 1
         length = int(rng.integers(frame_range[0], frame_range[1] + 1))
-        scene = _scene(rng, cameras[cam], length, occlusion_p)
+        scene = _scene(rng, cameras[cam], length, **scene_options)
         first = len(names) + 1
         for f, frame in enumerate(_render_tracklet(who, cameras[cam], scene, length, size, rng), start=1):
             name = mars_image_name(pid, cam + 1, number, f)
