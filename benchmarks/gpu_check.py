@@ -5,6 +5,7 @@ against the reference, the timing rows, and the one JSON summary of the run.
     python benchmarks/gpu_check.py smoke --backends triton,sort,reference --dir D
     python benchmarks/gpu_check.py time --impls triton,reference,compiled --ceilings --dir D
     python benchmarks/gpu_check.py time --smoke cuda --impls cuda,cuda_det --dir D
+    python benchmarks/gpu_check.py train --dir D
     python benchmarks/gpu_check.py report --dir D --dest OUT
 
 Smoke checks and timing rows are appended to D/smoke.jsonl and D/rows.jsonl (flushed) as soon as
@@ -24,6 +25,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -562,6 +564,28 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
+def train_steps(dry: bool, directory: Path) -> bool:
+    """Two training steps of configs/synthetic.yaml under torchrun with one process, then its
+    evaluation: on a GPU the pipeline's path (nccl, bf16 autocast), with --dry gloo on the CPU.
+    True when the run says so and reports a finite loss."""
+    device = "cpu" if dry else "cuda"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+               "-m", "train", "--config", "configs/synthetic.yaml", "optim.epochs=1", "optim.steps_per_epoch=2",
+               "optim.warmup_epochs=0", f"run.device={device}", "run.progress=false",
+               f"run.output={directory / 'train' / 'run'}", f"data.root={directory / 'train' / 'data'}"]
+    run = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    print(run.stdout)
+    group = "gloo" if dry else "nccl"
+    wanted = [rf"device {device}(:0)?; process group {group}, 1 process\(es\); autocast {'off' if dry else 'bf16'}",
+              r"epoch 1/1: frame_ce"]
+    missing = [line for line in wanted if not re.search(line, run.stdout)]
+    losses = [float(x) for x in re.findall(r" loss ([-+0-9.eEnaif]+),", run.stdout)]
+    finite = bool(losses) and all(math.isfinite(x) for x in losses)
+    print(f"exit {run.returncode}; missing lines: {missing or 'none'}; losses {losses}")
+    return run.returncode == 0 and not missing and finite
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -572,7 +596,7 @@ def names(text: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    commands = {name: sub.add_parser(name) for name in ("preflight", "smoke", "time", "report")}
+    commands = {name: sub.add_parser(name) for name in ("preflight", "smoke", "time", "train", "report")}
     for name, command in commands.items():
         command.add_argument("--dir", type=Path, required=True, help="the run's working folder")
         if name != "report":
@@ -593,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if preflight(args.dry, args.dir / "device.json") else 1
     if args.command == "smoke":
         return 0 if smoke(args.backends, args.dry, args.dir / "smoke.jsonl") else 1
+    if args.command == "train":
+        return 0 if train_steps(args.dry, args.dir) else 1
     if args.command == "report":
         print(summary(report(args.dir, args.dest)))
         return 0

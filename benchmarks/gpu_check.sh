@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot check of a lent GPU (H100/H200), timings first, within about 6 minutes, needing nothing
+# One-shot check of a lent GPU (H100/H200), timings first, within about 7 minutes, needing nothing
 # beyond the image (python3 with torch, triton, pytest, hypothesis; nvcc):
 #
 #   benchmarks/gpu_check.sh [--dry] [DEST]
@@ -9,6 +9,8 @@
 #   build           fastrel._C in place (C++ and CUDA, sm_90), in the background from here on
 #   smoke           triton, sort and reference backends against the float64 reference (small shapes)
 #   time            bf16 matmul peak and copy bandwidth; triton vs reference vs torch.compile(reference)
+#   train           two training steps of configs/synthetic.yaml (bf16 autocast, nccl, torchrun with one
+#                   process), then its evaluation
 #   build_wait      waits for the build
 #   cuda            the cuda backend: smoke check, then its timing rows
 #   gpu_tests       pytest -m gpu
@@ -33,22 +35,23 @@ ROOT=$PWD
 PY=${PY:-python3}
 # Caps in seconds for an H100; --dry (a CPU, the Triton interpreter) scales them and the deadline by 3.
 SCALE=${GPU_CHECK_CAP_SCALE:-$((DRY ? 3 : 1))}
-DEADLINE=$((360 * SCALE))
+DEADLINE=$((430 * SCALE))
 CAP_PREFLIGHT=$((20 * SCALE))
 CAP_SMOKE=$((30 * SCALE))
 CAP_TIME=$((130 * SCALE))
+CAP_TRAIN=$((40 * SCALE))
 CAP_BUILD_WAIT=$((20 * SCALE))
 CAP_CUDA=$((45 * SCALE))
 CAP_GPU_TESTS=$((15 * SCALE))
 CAP_CUDA_TESTS=$((20 * SCALE))
-CAP_TRITON_TESTS=$((30 * SCALE))
+CAP_TRITON_TESTS=$((45 * SCALE))
 CAP_MEMCHECK=$((15 * SCALE))
-CAP_RACECHECK=$((15 * SCALE))
+CAP_RACECHECK=$((30 * SCALE))
 CAP_REPORT=$((15 * SCALE))
-# These add up to 355 s (scaled), under the deadline.
+# These add up to 425 s (scaled), under the deadline.
 # Started after preflight, the build must end by the end of build_wait. --dry may compile the C++
 # kernels from scratch on a slow CPU: there build_wait waits as long as the build may run.
-CAP_BUILD=$((CAP_SMOKE + CAP_TIME + CAP_BUILD_WAIT))
+CAP_BUILD=$((CAP_SMOKE + CAP_TIME + CAP_TRAIN + CAP_BUILD_WAIT))
 if [ $DRY = 1 ]; then CAP_BUILD_WAIT=$CAP_BUILD; fi
 
 WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)
@@ -125,7 +128,7 @@ stop_build() {  # stop_build: end the build if it still runs (timeout passes the
 # -- smoke and timings while it builds ------------------------------------------------------------
 if ((GPU_OK != 0)); then
   echo "preflight failed: no GPU; the other steps are skipped"
-  for name in build smoke time cuda gpu_tests cuda_tests triton_tests memcheck racecheck; do
+  for name in build smoke time train cuda gpu_tests cuda_tests triton_tests memcheck racecheck; do
     record $name "skipped: preflight failed" "" 0 ""
   done
   BUILD_PID=""
@@ -136,6 +139,8 @@ else
     "$PY" benchmarks/gpu_check.py smoke --backends triton,sort,reference --dir "$WORK" "${DRYFLAG[@]}"
   step time $CAP_TIME "$PY" benchmarks/gpu_check.py time --ceilings --impls triton,reference,compiled,triton_det \
     --dir "$WORK" "${DRYFLAG[@]}"
+
+  FASTREL_TRITON_AUTOTUNE=0 step train $CAP_TRAIN "$PY" benchmarks/gpu_check.py train --dir "$WORK" "${DRYFLAG[@]}"
 
   began=$SECONDS
   while kill -0 $BUILD_PID 2>/dev/null && ((SECONDS - began < CAP_BUILD_WAIT)); do sleep 1; done
@@ -194,7 +199,7 @@ echo "total $((SECONDS - START)) s of the ${DEADLINE} s deadline" > "$WORK/logs/
 # The report always runs, with its own cap: the steps before it stop CAP_REPORT before the deadline.
 timeout -k 5 $CAP_REPORT "$PY" benchmarks/gpu_check.py report --dir "$WORK" --dest "$DEST" \
   > "$WORK/logs/report.log" 2>&1 || FAILED=1
-tar -czf "$DEST/gpu_check_logs.tar.gz" -C "$WORK" --exclude=./build_lib --exclude=./build.pid .
+tar -czf "$DEST/gpu_check_logs.tar.gz" -C "$WORK" --exclude=./build_lib --exclude=./build.pid --exclude=./train .
 cat "$WORK/logs/report.log"
 echo "gpu_check: $((SECONDS - START)) s; results in $DEST:"
 ls "$DEST"

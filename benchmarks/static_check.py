@@ -45,6 +45,7 @@ SHARED_PER_SM = {90: 228 * 1024, 80: 164 * 1024}
 PAPER = Case("paper", 576, 128, 128, 256, 128)  # RGSA at the paper's shape: 576 frames
 LARGE = Case("n1024", 8, 1024, 1024, 128, 64)
 CLIP = Case("clip", 576, 8, 8, 256, 128, masked=True)  # RGTR: 576 clips of T = 8 frames
+WIDE = Case("h512", 64, 128, 128, 512, 256)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,19 +79,23 @@ def _code_paths(shape: Case, dtype: str) -> list[Call]:
     return calls + [Call(shape, dtype, "relu", "identity", masked=m) for m in (False, True)]
 
 
-#: "ci" (the test): on sm_90 every autotune config of the timed shapes in bf16, fp32 and the other
-#: code paths at the clip shape (one config each); on sm_80 the paper shape in bf16. "paper": the
-#: paper shape in bf16 only (quick iteration on a kernel). "all": every dtype, masks and code path.
+#: "ci" (the test): on sm_90 every autotune config of the timed shapes in bf16, fp32 at the clip
+#: shape, fp32 through TF32 at the paper shape, and the other code paths at the clip shape; on sm_80
+#: the paper shape in bf16. "paper": the paper shape in bf16 only (quick iteration on a kernel).
+#: "wide": H = 512, R = 256 in bf16 and TF32 (the R slices' shared-memory budget). "all": every
+#: dtype, masks and code path.
 SETS = {
     "paper": {arch: _timed(("bf16",), (PAPER,)) for arch in (90, 80)},
+    "wide": {arch: _timed(("bf16", "tf32"), (WIDE,)) for arch in (90, 80)},
     "ci": {
         90: _timed(("bf16",), (PAPER, LARGE, CLIP))
         + _timed(("fp32",), (CLIP,))
+        + _timed(("tf32",), (PAPER,))
         + [Call(CLIP, "bf16", "abs", "leaky_relu", masked=True), Call(CLIP, "bf16", "relu", "identity", masked=True)],
         80: _timed(("bf16",), (PAPER,)),
     },
     "all": {
-        arch: _timed(("bf16", "fp16", "fp32"), (PAPER, LARGE, CLIP))
+        arch: _timed(("bf16", "fp16", "fp32", "tf32"), (PAPER, LARGE, CLIP))
         + [
             Call(s, d, masked=True, deterministic=det)
             for s in (PAPER, LARGE)
@@ -111,7 +116,8 @@ SETS = {
 def _run_call(kernels, call: Call) -> None:
     import torch
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[call.dtype]
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "tf32": torch.float32}[call.dtype]
+    torch.backends.cuda.matmul.allow_tf32 = call.dtype == "tf32"  # fp32 through TF32 tensor cores
     s = call.shape
 
     def empty(*size, dt=dtype):

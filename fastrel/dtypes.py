@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import torch
 
+#: The 16-bit dtypes: tensor-core operands as they are.
+HALF = (torch.bfloat16, torch.float16)
 #: Every accepted dtype but float64: those that accumulate in float32.
-NARROW = (torch.float32, torch.bfloat16, torch.float16)
+NARROW = (torch.float32, *HALF)
 #: Every dtype the operator accepts; a backend declares the subset it runs.
 FLOATS = (torch.float64, *NARROW)
 

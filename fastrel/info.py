@@ -13,9 +13,9 @@ from fastrel.backends.base import SMALL_SET_ITEMS
 AUTO_RULE = (
     'backend="auto": among the backends that accept a call, the first in the order above that prefers\n'
     "the call's device, dtype and sizes; else the first that accepts it. On CPU and CUDA: sort where it\n"
-    "applies (the one fast path for outer = identity and for inner = identity); on CUDA otherwise\n"
-    f"cuda for clips (N, M <= {SMALL_SET_ITEMS}) and fp64, triton for larger sets in bf16/fp16/fp32 "
-    "(a static estimate\nuntil GPU timings exist)."
+    "applies (the one fast path for outer = identity and for inner = identity); on CUDA otherwise,\n"
+    "from H200 timings: triton for bf16/fp16 and for fp32 with TF32 allowed; without TF32, cuda for\n"
+    f"fp32 sets larger than a clip (N or M > {SMALL_SET_ITEMS}) and the reference for fp32 clips; cuda for fp64."
 )
 
 

@@ -155,7 +155,7 @@ def _tile(n_own: int, n_loop: int, fixed: launch.Tile, deterministic: bool) -> t
     """(tile, autotune?): a small set in one step; deterministic mode always with the fixed tile."""
     small = launch.small_set_tile(n_own, n_loop)
     if small is not None:
-        return (*small, fixed[2], fixed[3]), False
+        return (*small, launch.SMALL_SET_WARPS, fixed[3]), False
     return fixed, not deterministic
 
 
@@ -170,7 +170,7 @@ def forward(
     if g.numel() == 0:
         return g
     tile, tune = _tile(N, M, launch.FORWARD_FIXED, deterministic=False)
-    block_r = launch.r_slice(a, R, forward=True)
+    block_r = launch.r_slice(a, R, H, forward=True, one_step=launch.small_set_tile(N, M) is not None)
     grid = (launch.programs(a, B * N), triton.cdiv(R, block_r))
     args = (a, b, weight, bias if bias is not None else weight, m if m is not None else inv_count, inv_count, g)
     meta = dict(_pair_meta(a, bias, m, inner, outer), BLOCK_H=launch.pow2(H), BLOCK_R=block_r)
@@ -202,7 +202,7 @@ def backward(
     if H == 0:
         return _no_hidden_backward(grad, a, b, weight, bias, m, inv_count, outer)
     acc, _ = launch.acc_dtypes(a.dtype)
-    block_r = launch.r_slice(a, R, forward=False)
+    block_r = launch.r_slice(a, R, H, forward=False, one_step=launch.small_set_tile(N, M) is not None)
     slices = triton.cdiv(R, block_r)
     programs = launch.programs(a, B * N)
     da_part = torch.empty(slices, B, N, H, dtype=acc, device=a.device)

@@ -21,28 +21,43 @@ from fastrel.kernels import interpreting
 MIN_PAIRS = 64
 #: The smallest dimension tl.dot takes; the backward splits H into two halves of at least this.
 MIN_DOT = 16
-#: R per program (grid axis 1 holds the slices). The forward keeps all of R up to FORWARD_MAX_R.
-#: The backward splits R into slices, so that one dW_r slice stays in registers for a program's
-#: whole walk: 64 on sm_90, 16 on sm_80 (mma.sync keeps every accumulator in registers).
-#: fp32 without TF32 multiplies with FMA, whose operands are in registers too: 16 both ways.
-FORWARD_MAX_R = 256
-BACKWARD_R_SLICE = 64
+#: R per program (grid axis 1 holds the slices): up to a cap, and within the shared memory that
+#: the program's slice of W_r (R slice × BLOCK_H elements) may take, per pass and operand kind:
+#: "half" (bf16/fp16), "tf32" (fp32 operands through TF32) and "ieee" (fp32 by FMA). Measured on an
+#: H200 (benchmarks/RESULTS.md, "Launch sweep"): the backward with all of R = 128 in one program
+#: runs the paper shape 1.7-1.9x faster than two slices of 64 (the pair tile and W_rᵀdz are formed
+#: once), although ptxas reports spills for it; the IEEE forward 2.1x faster with 64 than with 16;
+#: the IEEE backward 10% slower with 32 than with 16. The element budgets keep every sm_90 launch
+#: within a block's 227 KB (the static check compiles H = 256 and 512): TF32 at R = 64, H = 256
+#: asked for more. sm_80 keeps a backward slice of 16 (mma.sync holds every accumulator in
+#: registers).
+R_SLICE: dict[tuple[bool, str], tuple[int, int]] = {  # (forward?, kind): (cap, W_r elements)
+    (True, "half"): (256, 65536),
+    (True, "tf32"): (256, 32768),
+    (True, "ieee"): (64, 16384),
+    (False, "half"): (128, 32768),
+    (False, "tf32"): (128, 8192),
+    (False, "ieee"): (16, 4096),
+}
+#: A small set's one-step launch (small_set_tile) keeps the caps it compiled to without spills:
+#: the measured gains above were for the paper's 128-item sets.
+ONE_STEP_R_CAP: dict[tuple[bool, str], int] = {(False, "half"): 64, (True, "ieee"): 16}
 BACKWARD_R_SLICE_SM80 = 16
-IEEE_R_SLICE = 16
 #: Persistent programs per multiprocessor; under the interpreter a few programs, so that each
 #: one still walks several work items.
 PROGRAMS_PER_SM = 2
 INTERPRETER_PROGRAMS = 3
 
-#: A launch configuration: (BLOCK_I rows, BLOCK_J keys, num_warps, num_stages). The lists hold the
-#: tiles that compile for sm_90 at H = 256, R = 128 without register spills, as the static check
-#: (benchmarks/static_check.py) binds the launches; 4×16 and 1×64 spill 36–72 B there
-#: (docs/kernels.md). Autotuning picks among them on GPUs. The backward runs one pipeline stage on
-#: sm_90: a second one prefetches the next step's tiles and mask, which lengthened the row pass's
-#: loop (Triton 3.8) and raised its spills (3.6: 56 B, one stage 16 B).
+#: A launch configuration: (BLOCK_I rows, BLOCK_J keys, num_warps, num_stages). The lists are the
+#: fastest tiles of the H200 sweep (benchmarks/tile_sweep.py; RESULTS.md, "Launch sweep") at the
+#: paper shape and at N = 1024, which prefer different ones; autotuning picks among them on GPUs.
+#: The backward runs one pipeline stage: a second one was 2.6x slower on the H200.
 Tile = tuple[int, int, int, int]
-FORWARD_TILES: list[Tile] = [(2, 32, 8, 2)]
-BACKWARD_TILES: list[Tile] = [(2, 32, 8, 1)]
+FORWARD_TILES: list[Tile] = [(8, 16, 8, 2), (2, 32, 4, 2)]
+BACKWARD_TILES: list[Tile] = [(4, 16, 8, 1), (16, 4, 8, 1), (2, 32, 4, 1)]
+#: Warps of a small set's one-step tile (small_set_tile): 8, with which the clip launches compile
+#: without spills (4 spill 300-600 B per thread).
+SMALL_SET_WARPS = 8
 #: The tile used without autotuning: under the interpreter, with FASTREL_TRITON_AUTOTUNE=0, and
 #: always in deterministic mode (the tile fixes the order of every sum).
 FORWARD_FIXED: Tile = FORWARD_TILES[0]
@@ -112,23 +127,30 @@ def backward_tile(x: torch.Tensor, n_own: int, n_loop: int, deterministic: bool)
         return (IEEE_BACKWARD_TILE if deterministic else IEEE_FAST_TILE), False
     small = small_set_tile(n_own, n_loop)
     if small is not None:  # one step per work item: a second stage would prefetch the next item and spill
-        return (*small, BACKWARD_FIXED[2], 1), False
+        return (*small, SMALL_SET_WARPS, 1), False
     if x.device.type == "cuda" and _capability(x) < 9:
         return (BACKWARD_FIXED_SM80 if deterministic else BACKWARD_FAST_SM80), False
     return BACKWARD_FIXED, not deterministic
 
 
-def r_slice(x: torch.Tensor, R: int, forward: bool) -> int:
-    """BLOCK_R of a forward or backward launch on x's device (see FORWARD_MAX_R)."""
+def operand_kind(x: torch.Tensor) -> str:
+    """How x's products multiply: "ieee" (fp32 by FMA on a GPU), "tf32" (4-byte operands: fp32 through
+    TF32, and fp32/fp64 under the interpreter) or "half" (bf16/fp16)."""
     if x.device.type == "cuda" and precision(x.dtype) == "ieee":
-        limit = IEEE_R_SLICE
-    elif forward:
-        limit = FORWARD_MAX_R
-    elif _capability(x) < 9:
-        limit = BACKWARD_R_SLICE_SM80
-    else:
-        limit = BACKWARD_R_SLICE
-    return min(pow2(R), limit)
+        return "ieee"
+    return "tf32" if x.dtype in (torch.float32, torch.float64) else "half"
+
+
+def r_slice(x: torch.Tensor, R: int, H: int, forward: bool, one_step: bool = False) -> int:
+    """BLOCK_R of a forward or backward launch on x's device (see R_SLICE); ``one_step``: a small
+    set's launch (ONE_STEP_R_CAP)."""
+    kind = operand_kind(x)
+    if not forward and kind != "ieee" and _capability(x) < 9:
+        return min(pow2(R), BACKWARD_R_SLICE_SM80)
+    cap, elements = R_SLICE[(forward, kind)]
+    if one_step:
+        cap = min(cap, ONE_STEP_R_CAP.get((forward, kind), cap))
+    return min(pow2(R), cap, max(MIN_DOT, elements // pow2(H, 2 * MIN_DOT)))
 
 
 def programs(x: torch.Tensor, items: int) -> int:

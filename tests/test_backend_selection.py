@@ -27,17 +27,39 @@ def auto(dtype=torch.bfloat16, shape=PAPER_RGSA, inner="relu", outer="relu", dev
     return select("auto", device, dtype, inner, outer, True, shape)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
-def test_large_sets_go_to_triton_and_clips_to_cuda(gpu_machine, dtype):
-    assert auto(dtype, PAPER_RGSA) == "triton"
-    assert auto(dtype, RGTR_CLIP) == "cuda"
+@pytest.fixture
+def tf32(request):
+    """torch.backends.cuda.matmul.allow_tf32 set for the test, restored after it."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = request.param
+    yield request.param
+    torch.backends.cuda.matmul.allow_tf32 = previous
 
 
-def test_the_clip_class_ends_at_small_set_items_in_either_set(gpu_machine):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", [RGTR_CLIP, PAPER_RGSA], ids=["clip", "large"])
+def test_half_precision_goes_to_triton_at_every_size(gpu_machine, dtype, shape):
+    assert auto(dtype, shape) == "triton"
+
+
+@pytest.mark.parametrize("tf32", [False], indirect=True)
+def test_ieee_fp32_goes_to_cuda_for_large_sets_and_to_the_reference_for_clips(gpu_machine, tf32):
+    assert auto(torch.float32, PAPER_RGSA) == "cuda"
+    assert auto(torch.float32, RGTR_CLIP) == "reference"
+
+
+@pytest.mark.parametrize("tf32", [True], indirect=True)
+@pytest.mark.parametrize("shape", [RGTR_CLIP, PAPER_RGSA], ids=["clip", "large"])
+def test_fp32_with_tf32_allowed_goes_to_triton(gpu_machine, tf32, shape):
+    assert auto(torch.float32, shape) == "triton"
+
+
+@pytest.mark.parametrize("tf32", [False], indirect=True)
+def test_the_clip_class_ends_at_small_set_items_in_either_set(gpu_machine, tf32):
     edge = SMALL_SET_ITEMS
-    assert auto(shape=Shape(edge, edge, 64, 32)) == "cuda"
-    assert auto(shape=Shape(edge + 1, edge, 64, 32)) == "triton"
-    assert auto(shape=Shape(8, edge + 1, 64, 32)) == "triton"
+    assert auto(torch.float32, Shape(edge, edge, 64, 32)) == "reference"
+    assert auto(torch.float32, Shape(edge + 1, edge, 64, 32)) == "cuda"
+    assert auto(torch.float32, Shape(8, edge + 1, 64, 32)) == "cuda"
 
 
 @pytest.mark.parametrize("shape", [RGTR_CLIP, PAPER_RGSA], ids=["clip", "large"])
@@ -57,9 +79,10 @@ def test_without_sizes_only_size_free_preferences_apply(gpu_machine):
     assert auto(torch.float64, None) == "cuda"
 
 
-def test_a_clip_goes_to_triton_when_the_cuda_kernels_are_not_built(gpu_machine, monkeypatch):
+@pytest.mark.parametrize("tf32", [False], indirect=True)
+def test_large_fp32_sets_go_to_triton_when_the_cuda_kernels_are_not_built(gpu_machine, monkeypatch, tf32):
     monkeypatch.setitem(BACKENDS, "cuda", dataclasses.replace(BACKENDS["cuda"], probe=lambda: "not built"))
-    assert auto(torch.bfloat16, RGTR_CLIP) == "triton"
+    assert auto(torch.float32, PAPER_RGSA) == "triton"
 
 
 def test_cpu_calls_keep_the_fused_cpu_backend(gpu_machine):

@@ -18,9 +18,23 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import sass_model  # noqa: E402
 import static_check  # noqa: E402
 
-#: Spill bytes per thread (stores or loads, the larger) each kernel may have, by kernel name;
-#: a kernel not listed may not spill. None is listed: no kernel of the CI set spills.
-ALLOWED_SPILL_BYTES: dict[str, int] = {}
+#: Spill bytes per thread (stores or loads, the larger) a launch may have, by (kernel, config) as
+#: Triton 3.8 compiles it; a launch not listed may not spill. Each listed launch was measured on an
+#: H200 faster than the spill-free one it replaced (benchmarks/RESULTS.md, "Launch sweep"): all of
+#: R = 128 per backward program (1.85x), the forward's 8x16 and 2x32/4-warp tiles (1.6x). 2x32/4-warp
+#: is the backward's autotune candidate for N = 1024 sets (3.2x there, spill-free at H = 128);
+#: autotuning times it at the paper shape too and passes it over. The 32-wide R slices are TF32's.
+#: sm_80 compiles the same forward tiles (under the same limits); it has not been timed.
+ALLOWED_SPILL_BYTES: dict[tuple[str, str], int] = {
+    ("_forward_kernel", "8x16x256x128 w8 s2"): 928,
+    ("_forward_kernel", "2x32x256x128 w4 s2"): 1276,
+    ("backward_rows_kernel", "4x16x256x128 w8 s1"): 436,
+    ("backward_rows_kernel", "16x4x256x128 w8 s1"): 436,
+    ("backward_rows_kernel", "2x32x256x128 w4 s1"): 3720,
+    ("backward_rows_kernel", "4x16x256x32 w8 s1"): 212,
+    ("backward_rows_kernel", "16x4x256x32 w8 s1"): 368,
+    ("backward_rows_kernel", "2x32x256x32 w4 s1"): 1804,
+}
 ARCHS = (90, 80)
 
 
@@ -67,15 +81,14 @@ def test_atomics_are_relaxed(rows):
     assert not strong, _names(strong)
 
 
+def _allowed_spill(row: dict) -> int:
+    return ALLOWED_SPILL_BYTES.get((row["kernel"], row["config"]), 0)
+
+
 def test_spills_within_declared_limits(rows):
-    over = [
-        r
-        for r in rows
-        if "error" not in r and max(r["spill_store"], r["spill_load"]) > ALLOWED_SPILL_BYTES.get(r["kernel"], 0)
-    ]
+    over = [r for r in rows if "error" not in r and max(r["spill_store"], r["spill_load"]) > _allowed_spill(r)]
     assert not over, "\n".join(
-        f"{static_check._name(r)}: spills {r['spill_store']}/{r['spill_load']} B, "
-        f"allowed {ALLOWED_SPILL_BYTES.get(r['kernel'], 0)}"
+        f"{static_check._name(r)}: spills {r['spill_store']}/{r['spill_load']} B, allowed {_allowed_spill(r)}"
         for r in over[:20]
     )
 

@@ -131,3 +131,22 @@ def test_ddp_timeout_comes_from_the_config(monkeypatch):
     assert seen["timeout"] == timedelta(minutes=10)
     distributed.setup(torch.device("cpu"), 2.5)
     assert seen["timeout"] == timedelta(minutes=2.5)
+
+
+@pytest.mark.parametrize("environment, joins", [({"WORLD_SIZE": "1"}, True), ({}, False)])
+def test_a_one_process_torchrun_forms_a_process_group_and_plain_python_does_not(monkeypatch, environment, joins):
+    """torchrun with one process takes the DDP path (nccl on a GPU); ``python -m train`` takes none."""
+    import torch.distributed as dist
+
+    from train import distributed
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    seen = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: seen.append(backend))
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 1)
+    assert distributed.setup(torch.device("cpu"), 1.0) == (0, 1)
+    assert seen == (["gloo"] if joins else [])

@@ -131,14 +131,14 @@ def test_deterministic_backward_is_bitwise_equal_across_processes():
 @pytest.mark.parametrize(
     "capability, dtype, tile, r_slice",
     [
-        (9, torch.bfloat16, launch.BACKWARD_FIXED, launch.BACKWARD_R_SLICE),
+        (9, torch.bfloat16, launch.BACKWARD_FIXED, 128),
         (8, torch.bfloat16, launch.BACKWARD_FIXED_SM80, launch.BACKWARD_R_SLICE_SM80),
-        (9, torch.float32, launch.IEEE_BACKWARD_TILE, launch.IEEE_R_SLICE),
-        (8, torch.float32, launch.IEEE_BACKWARD_TILE, launch.IEEE_R_SLICE),
+        (9, torch.float32, launch.IEEE_BACKWARD_TILE, 16),
+        (8, torch.float32, launch.IEEE_BACKWARD_TILE, 16),
     ],
 )
 def test_backward_tile_and_r_slice_follow_the_device_capability(monkeypatch, capability, dtype, tile, r_slice):
-    """The tiles the static check compiles without spills are the ones the host picks per device."""
+    """The host picks the tile and R slice declared for each device capability and precision."""
     monkeypatch.setattr(launch, "_capability", lambda x: capability)
     x = SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
     previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
@@ -148,8 +148,27 @@ def test_backward_tile_and_r_slice_follow_the_device_capability(monkeypatch, cap
         fast = fast.get(tile, tile)
         tuned = (capability, dtype) == (9, torch.bfloat16)  # fast mode autotunes on sm_90
         assert launch.backward_tile(x, 128, 128, deterministic=False) == (fast, tuned)
-        assert launch.r_slice(x, 128, forward=False) == r_slice
-        assert launch.r_slice(x, 128, forward=True) == (launch.IEEE_R_SLICE if dtype == torch.float32 else 128)
+        assert launch.r_slice(x, 128, 256, forward=False) == r_slice
+        assert launch.r_slice(x, 128, 256, forward=True) == (64 if dtype == torch.float32 else 128)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+@pytest.mark.parametrize("forward, dtype, tf32, H, expected", [
+    (False, torch.bfloat16, False, 256, 128), (False, torch.bfloat16, False, 512, 64),
+    (False, torch.float16, False, 1024, 32), (False, torch.float32, True, 256, 32),
+    (False, torch.float32, True, 512, 16), (True, torch.bfloat16, False, 256, 256),
+    (True, torch.bfloat16, False, 512, 128), (True, torch.float32, True, 512, 64),
+    (True, torch.float32, False, 512, 32),
+])  # fmt: skip
+def test_r_slice_keeps_the_w_slice_within_shared_memory(monkeypatch, forward, dtype, tf32, H, expected):
+    """On sm_90 the R slice shrinks as H grows, faster with fp32 operands, so that W_r's slice fits
+    the block's shared memory (launch.R_SLICE)."""
+    monkeypatch.setattr(launch, "_capability", lambda x: 9)
+    x = SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
+    previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, tf32
+    try:
+        assert launch.r_slice(x, 256, H, forward=forward) == expected
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
 
@@ -167,3 +186,17 @@ def test_device_backward_tiles_match_the_reference(monkeypatch, tile, determinis
     ref = run(problem, None, torch.float32, "cpu")
     for label, x, r in zip(("g", "da", "db", "dweight", "dbias"), [ours[0], *ours[1]], [ref[0], *ref[1]]):
         torch.testing.assert_close(x.cpu(), r, rtol=1e-4, atol=1e-4, msg=label)
+
+
+def test_a_small_sets_one_step_launch_keeps_its_smaller_r_slice(monkeypatch):
+    """The one-step launch of a clip keeps R slices of 64 (bf16 backward) and 16 (IEEE fp32 forward)."""
+    monkeypatch.setattr(launch, "_capability", lambda x: 9)
+    previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+    try:
+        half = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16)
+        ieee = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.float32)
+        assert launch.r_slice(half, 128, 256, forward=False, one_step=True) == 64
+        assert launch.r_slice(half, 128, 256, forward=True, one_step=True) == 128
+        assert launch.r_slice(ieee, 128, 256, forward=True, one_step=True) == 16
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous

@@ -20,10 +20,13 @@ Tensor = torch.Tensor
 def setup(device: torch.device, timeout_minutes: float) -> tuple[int, int]:
     """Join the process group torchrun describes (gloo on CPU, nccl on GPU); (rank, world_size).
 
+    Under torchrun the group is formed even for one process, so that one-process run takes the
+    same DDP and collective path as a larger one; a plain ``python -m train`` forms none.
+
     A collective that waits longer than ``timeout_minutes`` (``run.ddp_timeout_minutes``: a frozen
     or dead rank) fails the run instead of stalling it.
     """
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+    if "WORLD_SIZE" not in os.environ:
         return 0, 1
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -34,6 +37,10 @@ def setup(device: torch.device, timeout_minutes: float) -> tuple[int, int]:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def initialized() -> bool:
+    return dist.is_initialized()
 
 
 def world_size() -> int:

@@ -108,7 +108,7 @@ class Trainer:
         self.model = model
         self.net = (
             DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-            if self.world_size > 1
+            if distributed.initialized()
             else model
         )
         self.criterion = ReIDLoss(config.loss)

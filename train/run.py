@@ -88,7 +88,11 @@ def run(config: Config, resume: str | None = None) -> dict:
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    rank, _ = distributed.setup(device, config.run.ddp_timeout_minutes)
+    rank, world = distributed.setup(device, config.run.ddp_timeout_minutes)
+    if rank == 0:
+        group = f"{torch.distributed.get_backend()}, {world} process(es)" if distributed.initialized() else "none"
+        amp = "bf16" if config.run.amp and device.type == "cuda" else "off"
+        print(f"device {device}; process group {group}; autocast {amp}", flush=True)
     seed_everything(config.run.seed + rank)
     output = Path(config.run.output)
     if rank == 0:

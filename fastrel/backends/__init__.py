@@ -2,9 +2,10 @@
 
 ``backend="auto"`` takes, among the backends that accept a call, the first in registry order that
 declares a preference (``Backend.preferred``) for the call's device, dtype and sizes; when none
-does, the first that accepts it. On CUDA that gives: ``sort`` wherever it applies (exact and
-O((N+M) log M·H)); ``cuda`` for small sets (N, M ≤ ``SMALL_SET_ITEMS``, RGTR clips) and for fp64;
-``triton`` for larger sets in bf16/fp16/fp32. Each preference states its reason, and
+does, the first that accepts it. On CUDA that gives, from H200 timings: ``sort`` wherever it
+applies (exact and O((N+M) log M·H)); ``triton`` for bf16/fp16 at every size and for fp32 when TF32
+is allowed; without TF32, ``cuda`` for fp32 sets larger than a clip (N or M > ``SMALL_SET_ITEMS``)
+and the ``reference`` for fp32 clips; ``cuda`` for fp64. Each preference states its reason, and
 ``python -m fastrel.info`` prints them.
 """
 

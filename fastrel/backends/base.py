@@ -46,8 +46,9 @@ class Preference:
     """A class of calls for which ``backend="auto"`` puts a backend first on a device, and why.
 
     A call belongs to the class when its device is listed, its dtype too (``dtypes=None``: any
-    the backend accepts) and its larger set, max(N, M), lies within [``min_items``, ``max_items``];
-    a bound needs the call's shape.
+    the backend accepts), its larger set, max(N, M), lies within [``min_items``, ``max_items``] (a
+    bound needs the call's shape) and, where ``tf32`` is set, fp32 matmuls may or may not use TF32
+    (``torch.backends.cuda.matmul.allow_tf32``) as it says.
     """
 
     reason: str
@@ -55,9 +56,12 @@ class Preference:
     dtypes: Optional[tuple[torch.dtype, ...]] = None
     max_items: Optional[int] = None
     min_items: Optional[int] = None
+    tf32: Optional[bool] = None
 
     def matches(self, device: str, dtype: torch.dtype, shape: Optional[Shape]) -> bool:
         if device not in self.devices or (self.dtypes is not None and dtype not in self.dtypes):
+            return False
+        if self.tf32 is not None and torch.backends.cuda.matmul.allow_tf32 != self.tf32:
             return False
         if self.max_items is None and self.min_items is None:
             return True
@@ -76,6 +80,8 @@ class Preference:
             bounds.append(f"max(N, M) ≥ {self.min_items}")
         if self.max_items is not None:
             bounds.append(f"max(N, M) ≤ {self.max_items}")
+        if self.tf32 is not None:
+            bounds.append("TF32 allowed" if self.tf32 else "TF32 not allowed")
         sizes = f", {' and '.join(bounds)}" if bounds else ""
         return f"{','.join(self.devices)} {dtypes}{sizes}: {self.reason}"
 

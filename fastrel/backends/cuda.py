@@ -7,8 +7,9 @@ forms da, db and [dW | dβ] in one launch, in a fixed order, without atomics. La
 deterministic without atomics when asked (a row pass for da and [dW | dβ], a key pass for db), else
 one pass with atomics.
 
-Its role: the better kernel for small sets and fp64, not for large sets in 16-bit or fp32, where
-Triton's larger tensor-core tiles win (``PREFERRED`` says why; a static estimate until a GPU has run).
+Its role, from H200 timings (benchmarks/RESULTS.md, "H200"): fp32 without TF32 on sets larger than
+a clip, and fp64. In bf16/fp16 its WMMA tiles are 4-11x slower than Triton's, and for clips Triton
+(bf16) or the reference (fp32) is faster (``PREFERRED`` says why).
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ def probe() -> str | None:
 
 PREFERRED = (
     Preference(
-        "small sets (RGTR clips): the backward runs one block per clip, forming da, db and [dW | dβ] in "
-        "one launch with fixed-order sums, no key pass and no atomics; Triton's tiles of >= 64 pairs "
-        "would be mostly padding (static estimate, not yet measured on a GPU)",
+        "fp32 (IEEE) sets larger than a clip: measured on an H200 faster than the Triton kernels' fp32 "
+        "FMA tiles (fwd+bwd 1.5x at the paper shape, 1.9x at N = 1024; about 1.15x expected at the paper "
+        "shape since Triton's fp32 forward slice was widened), at under 1/100 of the reference's memory",
         devices=("cuda",),
-        max_items=SMALL_SET_ITEMS,
+        dtypes=(torch.float32,),
+        min_items=SMALL_SET_ITEMS + 1,
+        tf32=False,
     ),
     Preference(
         "fp64: the Triton backend runs no fp64 on the GPU; these kernels do plain fp64 FMA",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from fastrel import dtypes
-from fastrel.backends.base import SMALL_SET_ITEMS, Backend, Preference
+from fastrel.backends.base import Backend, Preference
 from fastrel.kernels import interpreting
 
 _INTERPRETING = interpreting()
@@ -54,11 +54,17 @@ BACKEND = Backend(
     deterministic=True,
     preferred=(
         Preference(
-            "sets larger than a clip: tensor-core tiles of >= 64 pairs stay full (static estimate, "
-            "not yet measured on a GPU)",
+            "bf16/fp16 at every size: measured fastest on an H200 at the paper shape (fwd+bwd 2.5x the "
+            "reference, 11x the cuda backend), at N = 1024 and 2048, and for clips of T = 8-32 frames "
+            "(1.1x the cuda backend at T = 8, 1.2-3x the reference backend)",
             devices=("cuda",),
-            dtypes=dtypes.NARROW,
-            min_items=SMALL_SET_ITEMS + 1,
+            dtypes=dtypes.HALF,
+        ),
+        Preference(
+            "fp32 with TF32 allowed: TF32 tensor-core tiles (forward 13x the IEEE fp32 kernels on an H200)",
+            devices=("cuda",),
+            dtypes=(torch.float32,),
+            tf32=True,
         ),
     ),
 )
