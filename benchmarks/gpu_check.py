@@ -566,12 +566,14 @@ def summary(result: dict) -> str:
 
 def train_steps(dry: bool, directory: Path) -> bool:
     """Two training steps of configs/synthetic.yaml under torchrun with one process, then its
-    evaluation: on a GPU the pipeline's path (nccl, bf16 autocast), with --dry gloo on the CPU.
-    True when the run says so and reports a finite loss."""
+    evaluation: on a GPU the pipeline's path (nccl, bf16 autocast), with --dry gloo on the CPU. The
+    model takes the paper's relu/relu form, so that RGSA and RGTR run the fused pair kernels (the
+    config's identity/relu default runs the sort path). True when the run says so and reports a
+    finite loss."""
     device = "cpu" if dry else "cuda"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
                "-m", "train", "--config", "configs/synthetic.yaml", "optim.epochs=1", "optim.steps_per_epoch=2",
-               "optim.warmup_epochs=0", f"run.device={device}", "run.progress=false",
+               "optim.warmup_epochs=0", "model.inner=relu", "model.outer=relu", f"run.device={device}", "run.progress=false",
                f"run.output={directory / 'train' / 'run'}", f"data.root={directory / 'train' / 'data'}"]
     run = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          cwd=Path(__file__).resolve().parents[1])
