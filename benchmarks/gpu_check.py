@@ -573,8 +573,9 @@ def train_steps(dry: bool, directory: Path) -> bool:
     device = "cpu" if dry else "cuda"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
                "-m", "train", "--config", "configs/synthetic.yaml", "optim.epochs=1", "optim.steps_per_epoch=2",
-               "optim.warmup_epochs=0", "model.inner=relu", "model.outer=relu", f"run.device={device}", "run.progress=false",
-               f"run.output={directory / 'train' / 'run'}", f"data.root={directory / 'train' / 'data'}"]
+               "optim.warmup_epochs=0", "model.inner=relu", "model.outer=relu", f"run.device={device}",
+               "run.progress=false", f"run.output={directory / 'train' / 'run'}",
+               f"data.root={directory / 'train' / 'data'}"]
     run = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          cwd=Path(__file__).resolve().parents[1])
     print(run.stdout)

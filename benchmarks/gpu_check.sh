@@ -155,7 +155,7 @@ else
     --dir "$WORK" "${DRYFLAG[@]}"
 
   # -- tests, one line per test (-v) so that a step stopped at its cap still says what passed ------
-  export FASTREL_TRITON_AUTOTUNE=0
+  export FASTREL_TRITON_AUTOTUNE=0 HYPOTHESIS_PROFILE=gpu  # 3 examples a property: each compiles kernels
   PYTEST=("$PY" -m pytest -v -p no:cacheprovider)
   step gpu_tests $CAP_GPU_TESTS "${PYTEST[@]}" -m gpu tests
   step cuda_tests $CAP_CUDA_TESTS "${PYTEST[@]}" tests/test_global_relation.py -k "$NATIVE$ONLY"

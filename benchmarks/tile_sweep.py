@@ -58,6 +58,7 @@ PAPER = (576, 128, 128, 256, 128)
 N1024 = (8, 1024, 1024, 128, 64)
 PAPER_9 = (64, 128, 128, 256, 128)
 WIDE = (64, 128, 128, 512, 256)
+CLIP = (576, 8, 8, 256, 128)
 BACKENDS = [{"backend": "triton"}, {"backend": "reference"}]
 
 
@@ -81,6 +82,9 @@ def gpu_groups() -> list[Group]:
         Group("H512 R256", WIDE, "bfloat16", "bwd", [{}]),
         Group("H512 R256", WIDE, "bfloat16", "bwd_det", [{}]),
         Group("H512 tf32", WIDE, "float32", "bwd", [{}], tf32=True),
+        # a clip's one-step launch with and without its R caps (64 bf16 backward, 16 IEEE forward)
+        Group("clip T=8", CLIP, "bfloat16", "bwd", [{}, {"ONE_STEP_R_CAP": {}}], masked=True),
+        Group("clip T=8", CLIP, "float32", "fwd", [{}, {"ONE_STEP_R_CAP": {}}], masked=True),
         *[
             Group(f"clips T={T}", (576, T, T, 256, 128), dtype, "fwdbwd", BACKENDS, masked=True)
             for T in (8, 32)
@@ -229,7 +233,8 @@ def sweep(groups: list[Group], device: str, out: Path, deadline: float, workers:
                 "shape": group.shape,
                 "dtype": group.dtype,
                 "kind": group.kind,
-                "variant": {k: list(v) if isinstance(v, tuple) else v for k, v in variant.items()},
+                "variant": {k: list(v) if isinstance(v, tuple) else str(v) if isinstance(v, dict) else v
+                            for k, v in variant.items()},
             }
             if time.perf_counter() > deadline:
                 row["status"] = "not run: past the budget"

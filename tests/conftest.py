@@ -23,6 +23,10 @@ settings.register_profile(
     "ci", max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
 settings.register_profile("deep", max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+# A lent GPU's short check (benchmarks/gpu_check.sh): each example compiles its own kernels there.
+settings.register_profile(
+    "gpu", max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 _DEFAULT_REQUIRED = "cpu,sort,triton" + (",cuda" if torch.cuda.is_available() else "")
