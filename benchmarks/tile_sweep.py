@@ -2,6 +2,7 @@
 per SM), one row per variant, so that launch.py's constants are chosen from device timings.
 
     python benchmarks/tile_sweep.py --out DIR [--budget SECONDS] [--dry]
+    PYTHONPATH=. python3 benchmarks/tile_sweep.py --out $OUT --budget 200   # on a device image (~3 min)
 
 Every variant is first compiled in a pool of worker processes (small batch, same specialisation);
 then, one at a time, each is checked against the reference on the timed inputs and timed (CUDA
