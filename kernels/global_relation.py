@@ -71,7 +71,7 @@ def _pair_difference(a_tile, b_tile):
 @triton.jit
 def _forward_kernel(
     a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, inv_count_ptr, g_ptr,
-    B, N, M, H, R,
+    B, N, M, H, R, SIZE_CLASS,
     INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     ACC: tl.constexpr, DIFF: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -115,12 +115,14 @@ def _zero_atomic_db(nargs: dict) -> None:
         nargs["db_ptr"].zero_()
 
 
-_forward_tuned = triton.autotune(configs=launch.configs(launch.FORWARD_TILES), key=["N", "M", "H", "R"])(
+# Tuned once per size class (launch.size_class), not per N and M: sets of many lengths (RGTR over
+# whole tracklets) would otherwise time every config again for each new length.
+_forward_tuned = triton.autotune(configs=launch.configs(launch.FORWARD_TILES), key=["SIZE_CLASS", "H", "R"])(
     _forward_kernel
 )
 _backward_rows_tuned = triton.autotune(
     configs=launch.configs(launch.BACKWARD_TILES, _zero_atomic_db),
-    key=["N", "M", "H", "R", "ATOMIC_DB", "ONE_KEY_TILE"],
+    key=["SIZE_CLASS", "H", "R", "ATOMIC_DB", "ONE_KEY_TILE"],
 )(backward_rows_kernel)
 
 
@@ -175,7 +177,8 @@ def forward(
     args = (a, b, weight, bias if bias is not None else weight, m if m is not None else inv_count, inv_count, g)
     meta = dict(_pair_meta(a, bias, m, inner, outer), BLOCK_H=launch.pow2(H), BLOCK_R=block_r)
     with launch.on_device(a):
-        launch.launch(_forward_kernel, _forward_tuned, grid, tile, tune, (*args, B, N, M, H, R), meta)
+        sizes = (B, N, M, H, R, launch.size_class(N, M))
+        launch.launch(_forward_kernel, _forward_tuned, grid, tile, tune, (*args, *sizes), meta)
     return g
 
 
@@ -218,7 +221,7 @@ def backward(
         outputs = (da_part, dw_part, dbias_part, db_atomic if db_atomic is not None else da_part)
         launch.launch(
             backward_rows_kernel, _backward_rows_tuned, (programs, slices), tile, tune,
-            (*inputs, *outputs, B, N, M, H, R), rows_meta,
+            (*inputs, *outputs, B, N, M, H, R, launch.size_class(N, M)), rows_meta,
         )  # fmt: skip
         if deterministic:
             db_part = torch.empty(slices, B, M, H, dtype=acc, device=a.device)

@@ -146,7 +146,7 @@ def _row_half_step(
 def backward_rows_kernel(
     a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, inv_count_ptr, grad_ptr,
     da_part_ptr, dw_part_ptr, dbias_part_ptr, db_ptr,
-    B, N, M, H, R,
+    B, N, M, H, R, SIZE_CLASS,
     ATOMIC_DB: tl.constexpr, ONE_KEY_TILE: tl.constexpr,
     INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     ACC: tl.constexpr, DIFF: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,

@@ -84,6 +84,12 @@ def pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(max(int(n), 1)))
 
 
+def size_class(n_own: int, n_loop: int) -> int:
+    """The autotuner's size key: the power of two covering max(N, M) (at least 16, so that every
+    class compiles to one specialisation of the kernel's SIZE_CLASS argument, which only keys it)."""
+    return pow2(max(n_own, n_loop))
+
+
 def small_set_tile(n_own: int, n_loop: int) -> tuple[int, int] | None:
     """(BLOCK_I, BLOCK_J) covering a small set in one step (an RGTR clip of T ≤ 8 frames: T × T ≤ 64
     pairs), else None."""

@@ -200,3 +200,12 @@ def test_a_small_sets_one_step_launch_keeps_its_smaller_r_slice(monkeypatch):
         assert launch.r_slice(ieee, 128, 256, forward=True, one_step=True) == 16
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def test_the_autotuners_key_sets_by_size_class_not_by_exact_length():
+    """A new set length within a size class reuses the tuned tile (RGTR over tracklets of many lengths)."""
+    from fastrel.kernels import global_relation
+
+    for tuned in (global_relation._forward_tuned, global_relation._backward_rows_tuned):
+        assert "SIZE_CLASS" in tuned.keys and "N" not in tuned.keys and "M" not in tuned.keys
+    assert [launch.size_class(n, 8) for n in (1, 16, 17, 100, 128, 129)] == [16, 16, 32, 128, 128, 256]
