@@ -9,8 +9,8 @@
 #   build           fastrel._C in place (C++ and CUDA, sm_90), in the background from here on
 #   smoke           triton, sort and reference backends against the float64 reference (small shapes)
 #   time            bf16 matmul peak and copy bandwidth; triton vs reference vs torch.compile(reference)
-#   train           two training steps of configs/synthetic.yaml (bf16 autocast, nccl, torchrun with one
-#                   process), then its evaluation
+#   train           two training steps of configs/synthetic.yaml in the paper's relu/relu form (the fused
+#                   kernels; bf16 autocast, nccl, torchrun with one process), then its evaluation
 #   build_wait      waits for the build
 #   cuda            the cuda backend: smoke check, then its timing rows
 #   gpu_tests       pytest -m gpu
