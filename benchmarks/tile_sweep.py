@@ -5,8 +5,8 @@ per SM), one row per variant, so that launch.py's constants are chosen from devi
     PYTHONPATH=. python3 benchmarks/tile_sweep.py --out $OUT --budget 200   # on a device image (~3 min)
 
 Every variant is first compiled in a pool of worker processes (small batch, same specialisation);
-then, one at a time, each is checked against the reference on the timed inputs and timed (CUDA
-events, median of 20 calls). Rows go to
+then, one at a time, each is checked against the float64 reference on the timed inputs and timed
+(CUDA events, median of 20 calls). Inputs, reference and errors are gpu_check's. Rows go to
 DIR/sweep.jsonl as they are measured; the table of each group is printed last. ``--dry`` runs a few
 variants at tiny sizes under the Triton interpreter, to test the script without a GPU.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -24,9 +25,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gpu_check
+import measure
 import torch
-
-from fastrel import reference
+from timed_case import Case
 
 Overrides = dict[str, object]
 
@@ -35,12 +37,10 @@ Overrides = dict[str, object]
 class Group:
     """One problem shape and pass, and the launch.py overrides to time on it (the first: today's)."""
 
-    name: str
-    shape: tuple[int, int, int, int, int]  # B, N, M, H, R
+    case: Case  # its name labels the group
     dtype: str
     kind: str  # fwd | bwd (fast mode) | bwd_det: Triton kernels; fwdbwd: through fastrel, per backend
     variants: list[Overrides] = field(default_factory=list)
-    masked: bool = False
     tf32: bool = False
 
 
@@ -55,11 +55,11 @@ FWD_TILES = [(8, 16, 8, 2), (2, 32, 4, 2), (2, 32, 4, 3), (4, 16, 4, 2), (8, 16,
 IEEE_FAST = [(8, 2, 8, 1), (4, 4, 4, 1), (8, 2, 4, 1), (4, 2, 4, 1)]
 IEEE_FWD = [(8, 16, 8, 2), (2, 32, 4, 2), (2, 32, 8, 2), (4, 16, 4, 2)]
 
-PAPER = (576, 128, 128, 256, 128)
-N1024 = (8, 1024, 1024, 128, 64)
-PAPER_9 = (64, 128, 128, 256, 128)
-WIDE = (64, 128, 128, 512, 256)
-CLIP = (576, 8, 8, 256, 128)
+PAPER = Case("paper", 576, 128, 128, 256, 128)
+N1024 = Case("n1024", 8, 1024, 1024, 128, 64)
+PAPER_9 = Case("paper/9", 64, 128, 128, 256, 128)
+WIDE = Case("H512 R256", 64, 128, 128, 512, 256)
+CLIP = Case("clip T=8", 576, 8, 8, 256, 128, masked=True)
 BACKENDS = [{"backend": "triton"}, {"backend": "reference"}]
 
 
@@ -71,24 +71,24 @@ def gpu_groups() -> list[Group]:
     det = _tiles("BACKWARD_FIXED", [(4, 16, 8, 1), (8, 8, 8, 1), (16, 4, 8, 1), (4, 32, 8, 1), (2, 32, 8, 1)])
     tf32 = _tiles("BACKWARD_FIXED", [(4, 16, 8, 1), (8, 8, 8, 1), (2, 32, 4, 1)])
     return [
-        Group("paper", PAPER, "bfloat16", "bwd", bwd),
-        Group("paper", PAPER, "bfloat16", "fwd", _tiles("FORWARD_FIXED", FWD_TILES)),
-        Group("paper", PAPER, "bfloat16", "bwd_det", det),
-        Group("n1024", N1024, "bfloat16", "bwd", _tiles("BACKWARD_FIXED", BWD_TILES)),
-        Group("n1024", N1024, "bfloat16", "fwd", _tiles("FORWARD_FIXED", FWD_TILES[:6])),
-        Group("paper/9 tf32", PAPER_9, "float32", "bwd", tf32, tf32=True),
-        Group("paper/9 tf32", PAPER_9, "float32", "fwd", _tiles("FORWARD_FIXED", FWD_TILES[:4]), tf32=True),
-        Group("paper/9", PAPER_9, "float32", "fwd", _tiles("FORWARD_FIXED", IEEE_FWD)),
-        Group("paper/9", PAPER_9, "float32", "bwd", _tiles("IEEE_FAST_TILE", IEEE_FAST)),
-        Group("H512 R256", WIDE, "bfloat16", "fwd", [{}]),
-        Group("H512 R256", WIDE, "bfloat16", "bwd", [{}]),
-        Group("H512 R256", WIDE, "bfloat16", "bwd_det", [{}]),
-        Group("H512 tf32", WIDE, "float32", "bwd", [{}], tf32=True),
+        Group(PAPER, "bfloat16", "bwd", bwd),
+        Group(PAPER, "bfloat16", "fwd", _tiles("FORWARD_FIXED", FWD_TILES)),
+        Group(PAPER, "bfloat16", "bwd_det", det),
+        Group(N1024, "bfloat16", "bwd", _tiles("BACKWARD_FIXED", BWD_TILES)),
+        Group(N1024, "bfloat16", "fwd", _tiles("FORWARD_FIXED", FWD_TILES[:6])),
+        Group(PAPER_9, "float32", "bwd", tf32, tf32=True),
+        Group(PAPER_9, "float32", "fwd", _tiles("FORWARD_FIXED", FWD_TILES[:4]), tf32=True),
+        Group(PAPER_9, "float32", "fwd", _tiles("FORWARD_FIXED", IEEE_FWD)),
+        Group(PAPER_9, "float32", "bwd", _tiles("IEEE_FAST_TILE", IEEE_FAST)),
+        Group(WIDE, "bfloat16", "fwd", [{}]),
+        Group(WIDE, "bfloat16", "bwd", [{}]),
+        Group(WIDE, "bfloat16", "bwd_det", [{}]),
+        Group(WIDE, "float32", "bwd", [{}], tf32=True),
         # a clip's one-step launch with and without its R caps (64 bf16 backward, 16 IEEE forward)
-        Group("clip T=8", CLIP, "bfloat16", "bwd", [{}, {"ONE_STEP_R_CAP": {}}], masked=True),
-        Group("clip T=8", CLIP, "float32", "fwd", [{}, {"ONE_STEP_R_CAP": {}}], masked=True),
+        Group(CLIP, "bfloat16", "bwd", [{}, {"ONE_STEP_R_CAP": {}}]),
+        Group(CLIP, "float32", "fwd", [{}, {"ONE_STEP_R_CAP": {}}]),
         *[
-            Group(f"clips T={T}", (576, T, T, 256, 128), dtype, "fwdbwd", BACKENDS, masked=True)
+            Group(Case(f"clips T={T}", 576, T, T, 256, 128, masked=True), dtype, "fwdbwd", BACKENDS)
             for T in (8, 32)
             for dtype in ("bfloat16", "float32")
         ],
@@ -96,40 +96,21 @@ def gpu_groups() -> list[Group]:
 
 
 def dry_groups() -> list[Group]:
-    shape = (2, 8, 8, 32, 16)
+    tiny, masked = Case("dry", 2, 8, 8, 32, 16), Case("dry", 2, 8, 8, 32, 16, masked=True)
     return [
-        Group("dry", shape, "float32", "bwd", _tiles("BACKWARD_FIXED", [(2, 32, 8, 1), (4, 16, 8, 1)])),
-        Group("dry", shape, "float32", "bwd_det", _tiles("BACKWARD_FIXED", [(2, 32, 8, 1)])),
-        Group("dry", shape, "float32", "fwd", _tiles("FORWARD_FIXED", [(2, 32, 8, 2)]), masked=True),
-        Group("dry clips", shape, "float32", "fwdbwd", BACKENDS, masked=True),
+        Group(tiny, "float32", "bwd", _tiles("BACKWARD_FIXED", [(2, 32, 8, 1), (4, 16, 8, 1)])),
+        Group(tiny, "float32", "bwd_det", _tiles("BACKWARD_FIXED", [(2, 32, 8, 1)])),
+        Group(masked, "float32", "fwd", _tiles("FORWARD_FIXED", [(2, 32, 8, 2)])),
+        Group(dataclasses.replace(masked, name="dry clips"), "float32", "fwdbwd", BACKENDS),
     ]
 
 
 # ----------------------------------------------------------------------------------------------
 
 
-def inputs(group: Group, device: str, batch: int | None = None, seed: int = 0) -> dict:
-    B, N, M, H, R = group.shape
-    B = batch or B
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    dtype = getattr(torch, group.dtype)
-
-    def rand(*size, scale=1.0):
-        return (torch.randn(*size, generator=gen) * scale).to(device=device, dtype=dtype)
-
-    mask = None
-    if group.masked:
-        mask = torch.rand(B, M, generator=gen) < 0.8
-        mask[:, 0] = True
-        mask = mask.to(device)
-    return {
-        "a": rand(B, N, H),
-        "b": rand(B, M, H),
-        "weight": rand(R, H, scale=H**-0.5),
-        "bias": rand(R, scale=0.1),
-        "mask": mask,
-        "grad": rand(B, N, R),
-    }
+def inputs(group: Group, device: str, batch: int | None = None) -> dict:
+    case = dataclasses.replace(group.case, B=batch) if batch else group.case
+    return gpu_check.make_inputs(case, getattr(torch, group.dtype), device)
 
 
 def run(group: Group, t: dict, variant: Overrides):
@@ -138,10 +119,10 @@ def run(group: Group, t: dict, variant: Overrides):
     import fastrel
     from fastrel.kernels import global_relation
 
-    args = (t["a"], t["b"], t["weight"], t["bias"], t["mask"], "relu", "relu")
+    args = (t["a"], t["b"], t["weight"], t["bias"], t["key_mask"], "relu", "relu")
     if group.kind == "fwdbwd":
         leaves = [x.detach().requires_grad_() for x in args[:4]]
-        g = fastrel.global_relation(*leaves, key_mask=t["mask"], backend=variant["backend"], deterministic=False)
+        g = fastrel.global_relation(*leaves, key_mask=t["key_mask"], backend=variant["backend"], deterministic=False)
         return torch.autograd.grad(g, leaves, t["grad"])
     if group.kind == "fwd":
         return (global_relation.forward(*args),)
@@ -149,18 +130,11 @@ def run(group: Group, t: dict, variant: Overrides):
 
 
 def expected(group: Group, t: dict) -> tuple[torch.Tensor, ...]:
-    """The reference in float64 on the CPU for tiny shapes, else float32 on the device."""
-    dtype = torch.float64 if t["a"].device.type == "cpu" else torch.float32
-    up = {k: (v.to(dtype) if v is not None and v.is_floating_point() else v) for k, v in t.items()}
-    leaves = [up[k].requires_grad_() for k in ("a", "b", "weight", "bias")]
-    g = reference.global_relation(*leaves, inner="relu", outer="relu", key_mask=up["mask"])
-    if group.kind == "fwd":
-        return (g.detach(),)
-    return torch.autograd.grad(g, leaves, up["grad"])
-
-
-def rel_errors(got, want) -> list[float]:
-    return [((x.double() - y.double()).norm() / y.double().norm().clamp(min=1e-30)).item() for x, y in zip(got, want)]
+    """The float64 reference of the pass's outputs (gpu_check.exact_reference, in chunks)."""
+    budget = 1 << 30 if t["a"].device.type == "cpu" else int(torch.cuda.mem_get_info()[0] * 0.5)
+    exact = gpu_check.exact_reference(t, budget)
+    names = ("out",) if group.kind == "fwd" else ("da", "db", "dweight", "dbias")
+    return tuple(exact[n] for n in names)
 
 
 class Patched:
@@ -189,7 +163,7 @@ def compile_variant(group: Group, overrides: Overrides, device: str) -> str | No
         with Patched(overrides):
             run(
                 group,
-                inputs(group, device, batch=16 if device == "cuda" and group.shape[0] % 16 == 0 else None),
+                inputs(group, device, batch=16 if device == "cuda" and group.case.B % 16 == 0 else None),
                 overrides,
             )
         return None
@@ -198,24 +172,10 @@ def compile_variant(group: Group, overrides: Overrides, device: str) -> str | No
 
 
 def time_ms(call, device: str, repeats: int) -> list[float]:
-    if device != "cuda":
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - start) * 1e3)
-        return times
+    """Milliseconds of ``repeats`` calls after one warm-up (measure.call_seconds: CUDA events)."""
     call()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        call()
-        end.record()
-        end.synchronize()
-        out.append(start.elapsed_time(end))
-    return out
+    measure.sync(device)
+    return [measure.call_seconds(call, device) * 1e3 for _ in range(repeats)]
 
 
 def sweep(groups: list[Group], device: str, out: Path, deadline: float, workers: int) -> list[dict]:
@@ -231,8 +191,8 @@ def sweep(groups: list[Group], device: str, out: Path, deadline: float, workers:
         current, t, want = None, None, None
         for index, (group, variant) in enumerate(jobs):
             row = {
-                "group": group.name,
-                "shape": group.shape,
+                "group": group.case.name,
+                "shape": [group.case.B, group.case.N, group.case.M, group.case.H, group.case.R],
                 "dtype": group.dtype,
                 "kind": group.kind,
                 "variant": {k: list(v) if isinstance(v, tuple) else str(v) if isinstance(v, dict) else v
@@ -252,7 +212,7 @@ def sweep(groups: list[Group], device: str, out: Path, deadline: float, workers:
                     error = compiled[index].result()
                 except Exception as broken:  # a worker that died takes the pool with it
                     error = f"{type(broken).__name__}: {broken}"
-                row.update(measure(group, variant, t, want, device, error))
+                row.update(check_and_time(group, variant, t, want, device, error))
             rows.append(row)
             with open(out / "sweep.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -261,13 +221,13 @@ def sweep(groups: list[Group], device: str, out: Path, deadline: float, workers:
     return rows
 
 
-def measure(group: Group, variant: Overrides, t: dict, want, device: str, error: str | None) -> dict:
+def check_and_time(group: Group, variant: Overrides, t: dict, want, device: str, error: str | None) -> dict:
     if error is not None:
         return {"status": f"compile failed: {error}"}
     try:
         with Patched(variant):
             got = run(group, t, variant)
-            errors = rel_errors(got, want)
+            errors = [gpu_check.rel_error(x, y) for x, y in zip(got, want)]
             times = time_ms(lambda: run(group, t, variant), device, repeats=3 if device != "cuda" else 20)
             kernels = kernel_ms(lambda: run(group, t, variant)) if device == "cuda" and group.kind == "bwd" else None
     except Exception as failure:

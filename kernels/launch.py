@@ -129,7 +129,7 @@ def backward_tile(x: torch.Tensor, n_own: int, n_loop: int, deterministic: bool)
     """(tile, autotune?) of both backward passes on x's device: the fixed tile of fp32 without TF32,
     of a small set or of sm_80 (per mode), else the autotune list (the fixed tile in deterministic
     mode)."""
-    if x.device.type == "cuda" and precision(x.dtype) == "ieee":
+    if operand_kind(x) == "ieee":
         return (IEEE_BACKWARD_TILE if deterministic else IEEE_FAST_TILE), False
     small = small_set_tile(n_own, n_loop)
     if small is not None:  # one step per work item: a second stage would prefetch the next item and spill

@@ -115,3 +115,16 @@ def test_the_whole_dry_run_passes_and_returns_at_most_eight_files(tmp_path):
     assert all(status == "ok" or status.startswith("dry") for status in steps.values()), steps
     assert {r["impl"] for r in result["rows"] if r["status"] == "ok"} == {
         "triton", "triton_det", "reference", "compiled", "cpu", "cpu_det"}
+
+
+def test_the_launch_sweep_checks_and_times_every_variant_in_dry_mode(tmp_path):
+    """benchmarks/tile_sweep.py (the device's second call): every dry variant compiles in the
+    worker pool, agrees with the float64 reference and is timed."""
+    import tile_sweep
+
+    assert tile_sweep.main(["--out", str(tmp_path), "--dry", "--workers", "1"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "sweep.jsonl").read_text().splitlines()]
+    assert len(rows) == sum(len(g.variants) for g in tile_sweep.dry_groups())
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert max(row["errors"]) < 1e-5 and row["time_ms"] > 0, row
