@@ -52,7 +52,7 @@ BWD_TILES = [(4, 16, 8, 1), (4, 16, 4, 1), (8, 8, 4, 1), (8, 8, 8, 1), (16, 4, 8
              (2, 64, 8, 1), (8, 16, 8, 1), (2, 32, 4, 1), (2, 32, 8, 1)]  # fmt: skip
 FWD_TILES = [(8, 16, 8, 2), (2, 32, 4, 2), (2, 32, 4, 3), (4, 16, 4, 2), (8, 16, 4, 2), (2, 64, 4, 2), (8, 8, 4, 2),
              (4, 32, 4, 2), (1, 64, 4, 2)]  # fmt: skip
-IEEE_FAST = [(8, 2, 8, 1), (4, 4, 4, 1), (8, 2, 4, 1), (4, 2, 4, 1)]
+IEEE_BWD = [(8, 2, 8, 1), (4, 4, 4, 1), (8, 2, 4, 1), (4, 2, 4, 1)]
 IEEE_FWD = [(8, 16, 8, 2), (2, 32, 4, 2), (2, 32, 8, 2), (4, 16, 4, 2)]
 
 PAPER = Case("paper", 576, 128, 128, 256, 128)
@@ -70,16 +70,18 @@ def gpu_groups() -> list[Group]:
     bwd += [{"BACKWARD_FIXED": (4, 16, 8, 1), "PROGRAMS_PER_SM": p} for p in (1, 3)]
     det = _tiles("BACKWARD_FIXED", [(4, 16, 8, 1), (8, 8, 8, 1), (16, 4, 8, 1), (4, 32, 8, 1), (2, 32, 8, 1)])
     tf32 = _tiles("BACKWARD_FIXED", [(4, 16, 8, 1), (8, 8, 8, 1), (2, 32, 4, 1)])
+    narrow_det = _tiles("BACKWARD_FIXED_NARROW", [(2, 32, 4, 1), (4, 16, 4, 1), (8, 8, 4, 1)])
     return [
         Group(PAPER, "bfloat16", "bwd", bwd),
         Group(PAPER, "bfloat16", "fwd", _tiles("FORWARD_FIXED", FWD_TILES)),
         Group(PAPER, "bfloat16", "bwd_det", det),
         Group(N1024, "bfloat16", "bwd", _tiles("BACKWARD_FIXED", BWD_TILES)),
         Group(N1024, "bfloat16", "fwd", _tiles("FORWARD_FIXED", FWD_TILES[:6])),
+        Group(N1024, "bfloat16", "bwd_det", narrow_det),
         Group(PAPER_9, "float32", "bwd", tf32, tf32=True),
         Group(PAPER_9, "float32", "fwd", _tiles("FORWARD_FIXED", FWD_TILES[:4]), tf32=True),
         Group(PAPER_9, "float32", "fwd", _tiles("FORWARD_FIXED", IEEE_FWD)),
-        Group(PAPER_9, "float32", "bwd", _tiles("IEEE_FAST_TILE", IEEE_FAST)),
+        Group(PAPER_9, "float32", "bwd", _tiles("IEEE_BACKWARD_TILE", IEEE_BWD)),
         Group(WIDE, "bfloat16", "fwd", [{}]),
         Group(WIDE, "bfloat16", "bwd", [{}]),
         Group(WIDE, "bfloat16", "bwd_det", [{}]),

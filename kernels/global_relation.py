@@ -13,11 +13,11 @@ Forward: per work item, the a-tile is loaded once; per key tile, z = p W_rᵀ + 
 
 Backward (docs/math.md) splits R into slices (launch.r_slice) across programs: every product is
 then computed exactly once over all slices (z, dp and dW_r, three dots of the forward's size), and
-a slice of dW_r fits in registers for the program's whole walk. The row pass owns BLOCK_I rows
-and loops over keys: dz = m σ'(z) G/n, dp = dz W_r, du = δ'(d) ⊙ dp; da_i = Σ_j du accumulates in
-registers, dW_r and dβ_r in per-program fp32 partials, and db_j = −Σ_i du is added with relaxed
-atomics in fast mode. In deterministic mode the key pass (a program owns BLOCK_J keys and loops
-over rows) produces db instead, and every partial is summed by the host in a fixed order.
+a slice of dW_r stays on chip for the program's whole walk. One pass, the row pass, owns BLOCK_I
+rows and loops over keys: dz = m σ'(z) G/n, dp = dz W_r, du = δ'(d) ⊙ dp; da_i = Σ_j du
+accumulates in registers, dW_r and dβ_r in per-program fp32 partials, and db_j = −Σ_i du is added
+with relaxed atomics: into db in fast mode, into program-private slabs in deterministic mode,
+where the host then sums every partial in a fixed order.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import triton.language as tl
 from fastrel import activations
 from fastrel.kernels import launch
 from fastrel.kernels.activation import activation
-from fastrel.kernels.global_relation_backward import backward_keys_kernel, backward_rows_kernel, round_to, valid_keys
+from fastrel.kernels.global_relation_backward import backward_rows_kernel, round_to, valid_keys
 
 Tensor = torch.Tensor
 
@@ -109,10 +109,9 @@ def _forward_kernel(
         )
 
 
-def _zero_atomic_db(nargs: dict) -> None:
+def _zero_db(nargs: dict) -> None:
     """Before every autotuning trial and the final run: the atomics accumulate into db."""
-    if nargs.get("ATOMIC_DB"):
-        nargs["db_ptr"].zero_()
+    nargs["db_ptr"].zero_()
 
 
 # Tuned once per size class (launch.size_class), not per N and M: sets of many lengths (RGTR over
@@ -121,8 +120,8 @@ _forward_tuned = triton.autotune(configs=launch.configs(launch.FORWARD_TILES), k
     _forward_kernel
 )
 _backward_rows_tuned = triton.autotune(
-    configs=launch.configs(launch.BACKWARD_TILES, _zero_atomic_db),
-    key=["SIZE_CLASS", "H", "R", "ATOMIC_DB", "ONE_KEY_TILE"],
+    configs=launch.configs(launch.BACKWARD_TILES, _zero_db),
+    key=["SIZE_CLASS", "H", "R", "PRIVATE_DB", "ONE_KEY_TILE"],
 )(backward_rows_kernel)
 
 
@@ -193,10 +192,9 @@ def backward(
     outer: str,
     deterministic: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(da, db, dweight, dbias). Deterministic: row pass (da, dW_r, dβ_r) and key pass (db) with
-    fixed tiles, every partial summed in a fixed order: bitwise reproducible across runs and
-    processes on one device model. Otherwise the row pass adds db with relaxed atomics and the key
-    pass is skipped."""
+    """(da, db, dweight, dbias) in one pass over the pairs. Deterministic: a fixed tile, db added
+    into program-private slabs, and every partial summed in a fixed order: bitwise reproducible across
+    runs and processes on one device model. Otherwise autotuned, db added into db by relaxed atomics."""
     B, N, H = a.shape
     M, R = b.shape[1], weight.shape[0]
     m, inv_count = _key_weights(key_mask, a, M)
@@ -208,32 +206,47 @@ def backward(
     block_r = launch.r_slice(a, R, H, forward=False, one_step=launch.small_set_tile(N, M) is not None)
     slices = triton.cdiv(R, block_r)
     programs = launch.programs(a, B * N)
+    tile, tune = launch.backward_tile(a, N, M, H, block_r, deterministic)
+    slabs = (slices, programs + B - 1) if deterministic else (B,)
     da_part = torch.empty(slices, B, N, H, dtype=acc, device=a.device)
-    db_atomic = None if deterministic else torch.zeros(B, M, H, dtype=acc, device=a.device)
+    db = torch.zeros(*slabs, M, H, dtype=acc, device=a.device)
     dw_part = torch.empty(programs, R, H, dtype=acc, device=a.device)
     dbias_part = torch.empty(programs, R, dtype=acc, device=a.device)
     inputs = (a, b, weight, bias if bias is not None else weight, m if m is not None else inv_count, inv_count, grad)
-    meta = dict(_pair_meta(a, bias, m, inner, outer), BLOCK_H=launch.pow2(H, 2 * launch.MIN_DOT), BLOCK_R=block_r)
-
-    tile, tune = launch.backward_tile(a, N, M, deterministic)
-    rows_meta = dict(meta, ATOMIC_DB=not deterministic, ONE_KEY_TILE=not tune and M <= tile[1])
+    meta = dict(
+        _pair_meta(a, bias, m, inner, outer),
+        BLOCK_H=launch.pow2(H, 2 * launch.MIN_DOT),
+        BLOCK_R=block_r,
+        PRIVATE_DB=deterministic,
+        ONE_KEY_TILE=not tune and M <= tile[1],
+    )
     with launch.on_device(a):
-        outputs = (da_part, dw_part, dbias_part, db_atomic if db_atomic is not None else da_part)
         launch.launch(
             backward_rows_kernel, _backward_rows_tuned, (programs, slices), tile, tune,
-            (*inputs, *outputs, B, N, M, H, R, launch.size_class(N, M)), rows_meta,
+            (*inputs, da_part, dw_part, dbias_part, db, B, N, M, H, R, launch.size_class(N, M)), meta,
         )  # fmt: skip
-        if deterministic:
-            db_part = torch.empty(slices, B, M, H, dtype=acc, device=a.device)
-            launch.launch(
-                backward_keys_kernel, None, (launch.programs(a, B * M), slices), tile, False,
-                (*inputs, db_part, B, N, M, H, R), meta,
-            )  # fmt: skip
-            db = db_part.sum(dim=0)
-        else:
-            db = db_atomic
+    if deterministic:
+        db = _sum_slabs(db, B, triton.cdiv(N, tile[0]), programs)
     da = da_part.sum(dim=0)
     return da.to(a.dtype), db.to(b.dtype), dw_part.sum(dim=0).to(weight.dtype), dbias_part.sum(dim=0).to(weight.dtype)
+
+
+def _sum_slabs(slabs: Tensor, B: int, n_blocks: int, programs: int) -> Tensor:
+    """db (B, M, H) from the deterministic row pass's slabs (slices, programs + B − 1, M, H): program p
+    walked the items [p·c, (p + 1)·c) (c = ⌈B·n_blocks / programs⌉, item = batch element · n_blocks +
+    row block) and added batch element e's terms into slab p + e. Summed in a fixed order: slices,
+    then the programs that cover e, in program order."""
+    per_program = triton.cdiv(B * n_blocks, programs)
+    element = torch.arange(B, device=slabs.device)
+    first = element * n_blocks // per_program  # the programs covering e: first[e] … last[e]
+    last = ((element + 1) * n_blocks - 1) // per_program
+    db = None
+    for part in slabs:
+        for k in range(triton.cdiv(n_blocks - 1, per_program) + 1):  # last − first ≤ ⌈(n_blocks − 1) / c⌉
+            covered = (first + k <= last)[:, None, None]
+            term = part.index_select(0, torch.minimum(first + k, last) + element)
+            db = term if db is None else torch.where(covered, db + term, db)
+    return db
 
 
 def _no_hidden_backward(grad, a, b, weight, bias, m, inv_count, outer):

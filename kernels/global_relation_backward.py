@@ -126,19 +126,17 @@ def _half_gradient_t(
 
 @triton.jit
 def _row_half_step(
-    du, p, dz_op, da_acc, dw_acc, db_ptr, bat, keys, M, h, H,
-    ATOMIC_DB: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    du, p, dz_op, da_acc, dw_acc, db_ptr, slab, keys, M, h, H, ACC: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Row pass, one H half: da_i += Σ_j du, dW_r += dzᵀ p, and (fast mode) db_j −= Σ_i du."""
+    """Row pass, one H half: da_i += Σ_j du, dW_r += dzᵀ p, and db_j −= Σ_i du into (M, H) slab ``slab``."""
     da_acc += tl.sum(du, axis=2)
     dw_acc = tl.dot(dz_op, tl.trans(p), dw_acc, input_precision=PRECISION, out_dtype=ACC)
-    if ATOMIC_DB:
-        tl.atomic_add(
-            db_ptr + (bat * M + keys[None, :]) * H + h[:, None],
-            -tl.sum(du, axis=1),
-            mask=(keys < M)[None, :] & (h < H)[:, None],
-            sem="relaxed",
-        )
+    tl.atomic_add(
+        db_ptr + (slab * M + keys[None, :]) * H + h[:, None],
+        -tl.sum(du, axis=1),
+        mask=(keys < M)[None, :] & (h < H)[:, None],
+        sem="relaxed",
+    )
     return da_acc, dw_acc
 
 
@@ -147,14 +145,17 @@ def backward_rows_kernel(
     a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, inv_count_ptr, grad_ptr,
     da_part_ptr, dw_part_ptr, dbias_part_ptr, db_ptr,
     B, N, M, H, R, SIZE_CLASS,
-    ATOMIC_DB: tl.constexpr, ONE_KEY_TILE: tl.constexpr,
+    PRIVATE_DB: tl.constexpr, ONE_KEY_TILE: tl.constexpr,
     INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     ACC: tl.constexpr, DIFF: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     """Row pass of R slice ``program_id(1)``: for each work item (batch element, BLOCK_I rows), the
     slice's share of da (da_part, (R slices, B, N, H)); this program's dW_r and dβ_r partials
-    (dw_part (programs, R, H), dbias_part (programs, R)); with ATOMIC_DB, −Σ_i du added into db."""
+    (dw_part (programs, R, H), dbias_part (programs, R)); −Σ_i du added by relaxed atomics into db:
+    into db itself (B, M, H), or with PRIVATE_DB into slabs that no other program touches
+    ((R slices, programs + B − 1, M, H), slab program + batch element), so that each address sums its
+    terms in the program's order (deterministic mode; the host adds the slabs in a fixed order)."""
     program = tl.program_id(0)
     HALF: tl.constexpr = BLOCK_H // 2
     h0, h1, r, w0, w1, bias = _slice_operands(w_ptr, bias_ptr, R, H, HAS_BIAS, ACC, BLOCK_H, BLOCK_R)
@@ -163,8 +164,17 @@ def backward_rows_kernel(
     dbias_acc = tl.zeros((BLOCK_R,), dtype=ACC)
 
     n_blocks = tl.cdiv(N, BLOCK_I)
-    for item in range(program, B * n_blocks, tl.num_programs(0)):
+    items = B * n_blocks
+    if PRIVATE_DB:  # a contiguous range of items: it covers few batch elements, each a slab of its own
+        per_program = tl.cdiv(items, tl.num_programs(0))
+        first, last, stride = program * per_program, tl.minimum((program + 1) * per_program, items), 1
+    else:  # items strided over the programs, atomics into db itself
+        first, last, stride = program, items, tl.num_programs(0)
+    for item in range(first, last, stride):
         bat = (item // n_blocks).to(tl.int64)
+        slab = bat
+        if PRIVATE_DB:
+            slab += tl.program_id(1) * (tl.num_programs(0) + B - 1) + program
         rows = (item % n_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
         dg = _load_t(grad_ptr, bat, rows, rows < N, N, r, R).to(ACC) * tl.load(inv_count_ptr + bat)
         da0 = tl.zeros((HALF, BLOCK_I), dtype=ACC)
@@ -189,9 +199,9 @@ def backward_rows_kernel(
             )
             dbias_acc += tl.sum(dz_op.to(ACC), axis=1)
             du, p = _half_gradient_t(a0, b0, w0, dz_op, INNER, ACC, DOT, PRECISION)
-            da0, dw0 = _row_half_step(du, p, dz_op, da0, dw0, db_ptr, bat, keys, M, h0, H, ATOMIC_DB, ACC, PRECISION)
+            da0, dw0 = _row_half_step(du, p, dz_op, da0, dw0, db_ptr, slab, keys, M, h0, H, ACC, PRECISION)
             du, p = _half_gradient_t(a1, b1, w1, dz_op, INNER, ACC, DOT, PRECISION)
-            da1, dw1 = _row_half_step(du, p, dz_op, da1, dw1, db_ptr, bat, keys, M, h1, H, ATOMIC_DB, ACC, PRECISION)
+            da1, dw1 = _row_half_step(du, p, dz_op, da1, dw1, db_ptr, slab, keys, M, h1, H, ACC, PRECISION)
         _store_t(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h0, H, da0)
         _store_t(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h1, H, da1)
     # Stored as dW_rᵀ tiles: Triton 3.6 then keeps no store offset across the walk (the row-major
@@ -199,42 +209,3 @@ def backward_rows_kernel(
     _store_t(dw_part_ptr, program, r, R, h0, H, tl.trans(dw0))
     _store_t(dw_part_ptr, program, r, R, h1, H, tl.trans(dw1))
     tl.store(dbias_part_ptr + program * R + r, dbias_acc, mask=r < R)
-
-
-@triton.jit
-def backward_keys_kernel(
-    a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, inv_count_ptr, grad_ptr, db_part_ptr,
-    B, N, M, H, R,
-    INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-    ACC: tl.constexpr, DIFF: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
-):  # fmt: skip
-    """Key pass of R slice ``program_id(1)`` (deterministic mode): for each work item (batch
-    element, BLOCK_J keys), the slice's share of db = −Σ_i du (db_part, (R slices, B, M, H))."""
-    HALF: tl.constexpr = BLOCK_H // 2
-    h0, h1, r, w0, w1, bias = _slice_operands(w_ptr, bias_ptr, R, H, HAS_BIAS, ACC, BLOCK_H, BLOCK_R)
-
-    n_blocks = tl.cdiv(M, BLOCK_J)
-    for item in range(tl.program_id(0), B * n_blocks, tl.num_programs(0)):
-        bat = (item // n_blocks).to(tl.int64)
-        keys = (item % n_blocks) * BLOCK_J + tl.arange(0, BLOCK_J)
-        keys_ok = valid_keys(mask_ptr, bat, keys, M, HAS_MASK)
-        inv_count = tl.load(inv_count_ptr + bat)
-        db0 = tl.zeros((HALF, BLOCK_J), dtype=ACC)
-        db1 = tl.zeros((HALF, BLOCK_J), dtype=ACC)
-        for i0 in range(0, N, BLOCK_I):
-            rows = i0 + tl.arange(0, BLOCK_I)
-            a0 = _load_t(a_ptr, bat, rows, rows < N, N, h0, H).to(DIFF)
-            a1 = _load_t(a_ptr, bat, rows, rows < N, N, h1, H).to(DIFF)
-            b0 = _load_t(b_ptr, bat, keys, keys_ok, M, h0, H).to(DIFF)  # read per step, as in the row pass
-            b1 = _load_t(b_ptr, bat, keys, keys_ok, M, h1, H).to(DIFF)
-            dg = _load_t(grad_ptr, bat, rows, rows < N, N, r, R).to(ACC) * inv_count
-            dz_op = _relation_gradient_t(
-                a0, b0, a1, b1, w0, w1, bias, dg, rows < N, keys_ok, INNER, OUTER, HAS_BIAS, ACC, DOT, PRECISION
-            )
-            du, _ = _half_gradient_t(a0, b0, w0, dz_op, INNER, ACC, DOT, PRECISION)
-            db0 += tl.sum(du, axis=1)
-            du, _ = _half_gradient_t(a1, b1, w1, dz_op, INNER, ACC, DOT, PRECISION)
-            db1 += tl.sum(du, axis=1)
-        _store_t(db_part_ptr, tl.program_id(1) * B + bat, keys, M, h0, H, -db0)
-        _store_t(db_part_ptr, tl.program_id(1) * B + bat, keys, M, h1, H, -db1)

@@ -62,16 +62,20 @@ SMALL_SET_WARPS = 8
 #: always in deterministic mode (the tile fixes the order of every sum).
 FORWARD_FIXED: Tile = FORWARD_TILES[0]
 BACKWARD_FIXED: Tile = BACKWARD_TILES[0]
+#: Deterministic mode's tile where W_r's slice is small (BLOCK_H × BLOCK_R ≤ NARROW_W_ELEMENTS, bf16/fp16:
+#: TF32's 4-byte operands spill 1.8 KB per thread in it at H = 256, R slice 32): 4 warps,
+#: two programs per SM, spill-free. On the H200 at N = 1024 (H = 128, R = 64) it ran the backward
+#: in 1.91 ms against 4.65 ms for BACKWARD_FIXED; at the paper shape (H = 256, R = 128) it spills
+#: 3.7 KB per thread and was slower.
+BACKWARD_FIXED_NARROW: Tile = BACKWARD_TILES[2]
+NARROW_W_ELEMENTS = 128 * 64
 #: sm_80 (mma.sync: every accumulator in registers, no 64-row MMA to fill) runs the backward with
-#: these tiles, half the pairs, without autotuning. Fast mode takes 16 rows × 2 keys: each db atomic
-#: then sums 16 rows, and the loop holds 8× fewer atomic addresses (2×16 spilled 128–152 B under
-#: Triton 3.6).
-BACKWARD_FIXED_SM80: Tile = (2, 16, 8, 2)
-BACKWARD_FAST_SM80: Tile = (16, 2, 8, 2)
-#: fp32 without TF32 multiplies with FMA (no MMA shape to fill, operands in registers): 16 pairs;
-#: fast mode takes 8 rows × 2 keys, for the reason of BACKWARD_FAST_SM80 (2×8 spilled 24 B on sm_80).
-IEEE_BACKWARD_TILE: Tile = (2, 8, 8, 1)
-IEEE_FAST_TILE: Tile = (8, 2, 8, 1)
+#: 16 rows × 2 keys, without autotuning: each db atomic sums 16 rows, and the loop holds 8× fewer
+#: atomic addresses (2×16 spilled 128–152 B under Triton 3.6).
+BACKWARD_SM80: Tile = (16, 2, 8, 2)
+#: fp32 without TF32 multiplies with FMA (no MMA shape to fill, operands in registers): 8 rows × 2
+#: keys, for the reason of BACKWARD_SM80 (2×8 spilled 24 B on sm_80).
+IEEE_BACKWARD_TILE: Tile = (8, 2, 8, 1)
 
 
 def autotuning() -> bool:
@@ -125,18 +129,23 @@ def _capability(x: torch.Tensor) -> int:
     return torch.cuda.get_device_capability(x.device)[0] if x.device.type == "cuda" else 9
 
 
-def backward_tile(x: torch.Tensor, n_own: int, n_loop: int, deterministic: bool) -> tuple[Tile, bool]:
-    """(tile, autotune?) of both backward passes on x's device: the fixed tile of fp32 without TF32,
-    of a small set or of sm_80 (per mode), else the autotune list (the fixed tile in deterministic
-    mode)."""
+def backward_tile(
+    x: torch.Tensor, n_own: int, n_loop: int, H: int, block_r: int, deterministic: bool
+) -> tuple[Tile, bool]:
+    """(tile, autotune?) of the backward on x's device: the fixed tile of fp32 without TF32, of a
+    small set or of sm_80; else the autotune list, or in deterministic mode a fixed tile chosen by
+    the size of W_r's slice (BLOCK_H × BLOCK_R)."""
     if operand_kind(x) == "ieee":
-        return (IEEE_BACKWARD_TILE if deterministic else IEEE_FAST_TILE), False
+        return IEEE_BACKWARD_TILE, False
     small = small_set_tile(n_own, n_loop)
     if small is not None:  # one step per work item: a second stage would prefetch the next item and spill
         return (*small, SMALL_SET_WARPS, 1), False
     if x.device.type == "cuda" and _capability(x) < 9:
-        return (BACKWARD_FIXED_SM80 if deterministic else BACKWARD_FAST_SM80), False
-    return BACKWARD_FIXED, not deterministic
+        return BACKWARD_SM80, False
+    if not deterministic:
+        return BACKWARD_FIXED, True
+    narrow = operand_kind(x) == "half" and pow2(H, 2 * MIN_DOT) * block_r <= NARROW_W_ELEMENTS
+    return (BACKWARD_FIXED_NARROW if narrow else BACKWARD_FIXED), False
 
 
 def operand_kind(x: torch.Tensor) -> str:

@@ -132,26 +132,38 @@ def test_deterministic_backward_is_bitwise_equal_across_processes():
     "capability, dtype, tile, r_slice",
     [
         (9, torch.bfloat16, launch.BACKWARD_FIXED, 128),
-        (8, torch.bfloat16, launch.BACKWARD_FIXED_SM80, launch.BACKWARD_R_SLICE_SM80),
+        (8, torch.bfloat16, launch.BACKWARD_SM80, launch.BACKWARD_R_SLICE_SM80),
         (9, torch.float32, launch.IEEE_BACKWARD_TILE, 16),
         (8, torch.float32, launch.IEEE_BACKWARD_TILE, 16),
     ],
 )
 def test_backward_tile_and_r_slice_follow_the_device_capability(monkeypatch, capability, dtype, tile, r_slice):
-    """The host picks the tile and R slice declared for each device capability and precision."""
+    """The host picks the tile and R slice declared for each device capability and precision; only
+    sm_90 fast mode autotunes."""
     monkeypatch.setattr(launch, "_capability", lambda x: capability)
     x = SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
     previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
     try:
-        assert launch.backward_tile(x, 128, 128, deterministic=True) == (tile, False)
-        fast = {launch.BACKWARD_FIXED_SM80: launch.BACKWARD_FAST_SM80, launch.IEEE_BACKWARD_TILE: launch.IEEE_FAST_TILE}
-        fast = fast.get(tile, tile)
-        tuned = (capability, dtype) == (9, torch.bfloat16)  # fast mode autotunes on sm_90
-        assert launch.backward_tile(x, 128, 128, deterministic=False) == (fast, tuned)
+        assert launch.backward_tile(x, 128, 128, 256, r_slice, deterministic=True) == (tile, False)
+        tuned = (capability, dtype) == (9, torch.bfloat16)
+        assert launch.backward_tile(x, 128, 128, 256, r_slice, deterministic=False) == (tile, tuned)
         assert launch.r_slice(x, 128, 256, forward=False) == r_slice
         assert launch.r_slice(x, 128, 256, forward=True) == (64 if dtype == torch.float32 else 128)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+@pytest.mark.parametrize("H, block_r, tile", [
+    (128, 64, launch.BACKWARD_FIXED_NARROW), (64, 128, launch.BACKWARD_FIXED_NARROW),
+    (128, 128, launch.BACKWARD_FIXED), (256, 128, launch.BACKWARD_FIXED), (256, 32, launch.BACKWARD_FIXED_NARROW),
+])  # fmt: skip
+def test_deterministic_mode_takes_the_four_warp_tile_where_w_r_is_small(monkeypatch, H, block_r, tile):
+    """On sm_90 deterministic mode (no autotuning) runs 2×32 with 4 warps, two programs per SM, when
+    W_r's slice is at most 128 × 64 elements (N = 1024's shape, 2.4× faster there), else 4×16."""
+    monkeypatch.setattr(launch, "_capability", lambda x: 9)
+    x = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16)
+    assert launch.backward_tile(x, 1024, 1024, H, block_r, deterministic=True) == (tile, False)
+    assert launch.backward_tile(x, 1024, 1024, H, block_r, deterministic=False) == (launch.BACKWARD_FIXED, True)
 
 
 @pytest.mark.parametrize("forward, dtype, tf32, H, expected", [
@@ -173,12 +185,11 @@ def test_r_slice_keeps_the_w_slice_within_shared_memory(monkeypatch, forward, dt
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
-@pytest.mark.parametrize(
-    "tile, deterministic",
-    [(launch.BACKWARD_FIXED_SM80, True), (launch.BACKWARD_FAST_SM80, False), (launch.IEEE_FAST_TILE, False)],
-)
+@pytest.mark.parametrize("tile", [launch.BACKWARD_SM80, launch.IEEE_BACKWARD_TILE])
+@pytest.mark.parametrize("deterministic", [True, False])
 def test_device_backward_tiles_match_the_reference(monkeypatch, tile, deterministic):
-    """The tiles of sm_80 and of fp32 fast mode (not the interpreter's own) give the reference's gradients."""
+    """The tiles of sm_80 and of fp32 without TF32 (not the interpreter's own) give the reference's
+    gradients in both modes."""
     usable(NAME)
     monkeypatch.setattr(launch, "backward_tile", lambda *args: (tile, False))
     problem = Problem(B=2, N=19, M=13, H=24, R=20, mask="ragged")
@@ -186,6 +197,22 @@ def test_device_backward_tiles_match_the_reference(monkeypatch, tile, determinis
     ref = run(problem, None, torch.float32, "cpu")
     for label, x, r in zip(("g", "da", "db", "dweight", "dbias"), [ours[0], *ours[1]], [ref[0], *ref[1]]):
         torch.testing.assert_close(x.cpu(), r, rtol=1e-4, atol=1e-4, msg=label)
+
+
+@pytest.mark.parametrize("programs, r_slice", [(1, 32), (2, 16), (3, 32), (5, 16), (11, 32)])
+def test_deterministic_db_is_right_however_the_programs_split_the_batch(monkeypatch, programs, r_slice):
+    """Deterministic mode adds db into one slab per program and batch element; the host sums them.
+    Programs that end inside a batch element, that cover several, or
+    that have no items (11 programs for 9 work items), and two R slices, all give the reference's db."""
+    usable(NAME)
+    monkeypatch.setattr(launch, "programs", lambda x, items: programs)
+    monkeypatch.setattr(launch, "r_slice", lambda *args, **kwargs: r_slice)
+    monkeypatch.setattr(launch, "backward_tile", lambda *args: ((4, 16, 8, 1), False))
+    problem = Problem(B=3, N=10, M=7, H=16, R=24, mask="ragged", seed=3)  # 3 row blocks per element
+    ours = run(problem, NAME, torch.float64, device_for(NAME), deterministic=True)
+    ref = run(problem, None, torch.float64, "cpu")
+    for label, x, r in zip(("da", "db", "dweight", "dbias"), ours[1], ref[1]):
+        torch.testing.assert_close(x.cpu(), r, rtol=1e-10, atol=1e-10, msg=label)
 
 
 def test_a_small_sets_one_step_launch_keeps_its_smaller_r_slice(monkeypatch):

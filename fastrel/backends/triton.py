@@ -44,8 +44,8 @@ def backward(grad, a, b, weight, bias, key_mask, inner, outer, deterministic):
 
 BACKEND = Backend(
     name="triton",
-    summary="fused Triton kernels: tensor-core pair tiles recomputed in the backward; db by relaxed atomics, "
-    "or a second pass without atomics in deterministic mode",
+    summary="fused Triton kernels: tensor-core pair tiles recomputed in a one-pass backward; db by relaxed "
+    "atomics, into program-private partials summed in a fixed order in deterministic mode",
     devices=("cuda", "cpu") if _INTERPRETING else ("cuda",),
     dtypes=dtypes.FLOATS if _INTERPRETING else dtypes.NARROW,
     forward=forward,
