@@ -448,7 +448,7 @@ def ratio_table(rows: list[dict]) -> str:
             )
     lines.append(
         "\nspeedup and mem ×: the reference's time or peak memory over this one's; vs best: the fastest"
-        "\npeer's time over this one's. TFLOP/s counts 2·B·N·M·H·R per forward (3.5× that forward +"
+        "\npeer's time over this one's. TFLOP/s counts 2·B·N·M·H·R per forward (4× that forward +"
         "\nbackward) for every implementation, also for those that do less work (sort)."
     )
     return "\n".join(lines)

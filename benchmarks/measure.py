@@ -19,15 +19,15 @@ from collections.abc import Callable
 
 import torch
 
-#: A forward plus backward costs about 3.5 forwards: the backward recomputes z and forms dW and
-#: W_rᵀdz, three GEMMs of the forward's size (benchmarks/RESULTS.md, "Floors").
-FWDBWD_FLOP_FACTOR = 3.5
+#: A forward plus backward costs 4 forwards: the backward recomputes z and forms dW and W_rᵀdz,
+#: three GEMMs of the forward's size (benchmarks/RESULTS.md, "Floors").
+FWDBWD_FLOP_FACTOR = 4.0
 #: Timed calls made even when the time limit is near (a median of fewer would mean little).
 MIN_TIMED = 3
 
 
 def global_relation_flops(B: int, N: int, M: int, H: int, R: int, mode: str) -> float:
-    """FLOPs counted for one call: 2·B·N·M·H·R per forward, 3.5× that for forward + backward."""
+    """FLOPs counted for one call: 2·B·N·M·H·R per forward, 4× that for forward + backward."""
     return 2.0 * B * N * M * H * R * (FWDBWD_FLOP_FACTOR if mode == "fwdbwd" else 1.0)
 
 

@@ -231,7 +231,7 @@ def check_and_time(group: Group, variant: Overrides, t: dict, want, device: str,
             got = run(group, t, variant)
             errors = [gpu_check.rel_error(x, y) for x, y in zip(got, want)]
             times = time_ms(lambda: run(group, t, variant), device, repeats=3 if device != "cuda" else 20)
-            kernels = kernel_ms(lambda: run(group, t, variant)) if device == "cuda" and group.kind == "bwd" else None
+            kernels = kernel_ms(lambda: run(group, t, variant)) if device == "cuda" else None
     except Exception as failure:
         return {"status": f"failed: {type(failure).__name__}: {str(failure).splitlines()[0][:200]}"}
     return {
@@ -244,17 +244,22 @@ def check_and_time(group: Group, variant: Overrides, t: dict, want, device: str,
 
 
 def kernel_ms(call) -> dict[str, float]:
-    """Device milliseconds per kernel name over one call (the profiler's CUDA activity)."""
+    """Device milliseconds per kernel name over one call (the profiler's CUDA activity): the six
+    longest, and under "all kernels" the sum over every launch with their count, which against the
+    row's time tells a device-bound call from one bound by launches and host work (clips)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         call()
         torch.cuda.synchronize()
     totals: dict[str, float] = {}
+    launches = 0
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
             totals[event.name[:60]] = totals.get(event.name[:60], 0.0) + event.device_time_total / 1e3
-    return dict(sorted(totals.items(), key=lambda kv: -kv[1])[:6])
+            launches += 1
+    longest = dict(sorted(totals.items(), key=lambda kv: -kv[1])[:6])
+    return {**longest, "all kernels": sum(totals.values()), "launches": launches}
 
 
 def line(row: dict) -> str:
