@@ -172,7 +172,7 @@ def forward(
         return g
     tile, tune = _tile(N, M, launch.FORWARD_FIXED, deterministic=False)
     block_r = launch.r_slice(a, R, H, forward=True, one_step=launch.small_set_tile(N, M) is not None)
-    grid = (launch.programs(a, B * N), triton.cdiv(R, block_r))
+    grid = (launch.programs(a, B * N), launch.cdiv(R, block_r))
     args = (a, b, weight, bias if bias is not None else weight, m if m is not None else inv_count, inv_count, g)
     meta = dict(_pair_meta(a, bias, m, inner, outer), BLOCK_H=launch.pow2(H), BLOCK_R=block_r)
     with launch.on_device(a):
@@ -204,7 +204,7 @@ def backward(
         return _no_hidden_backward(grad, a, b, weight, bias, m, inv_count, outer)
     acc, _ = launch.acc_dtypes(a.dtype)
     block_r = launch.r_slice(a, R, H, forward=False, one_step=launch.small_set_tile(N, M) is not None)
-    slices = triton.cdiv(R, block_r)
+    slices = launch.cdiv(R, block_r)
     programs = launch.programs(a, B * N)
     tile, tune = launch.backward_tile(a, N, M, H, block_r, deterministic)
     slabs = (slices, programs + B - 1) if deterministic else (B,)
@@ -226,7 +226,7 @@ def backward(
             (*inputs, da_part, dw_part, dbias_part, db, B, N, M, H, R, launch.size_class(N, M)), meta,
         )  # fmt: skip
     if deterministic:
-        db = _sum_slabs(db, B, triton.cdiv(N, tile[0]), programs)
+        db = _sum_slabs(db, B, launch.cdiv(N, tile[0]), programs)
     da = da_part.sum(dim=0)
     return da.to(a.dtype), db.to(b.dtype), dw_part.sum(dim=0).to(weight.dtype), dbias_part.sum(dim=0).to(weight.dtype)
 
@@ -236,13 +236,13 @@ def _sum_slabs(slabs: Tensor, B: int, n_blocks: int, programs: int) -> Tensor:
     walked the items [p·c, (p + 1)·c) (c = ⌈B·n_blocks / programs⌉, item = batch element · n_blocks +
     row block) and added batch element e's terms into slab p + e. Summed in a fixed order: slices,
     then the programs that cover e, in program order."""
-    per_program = triton.cdiv(B * n_blocks, programs)
+    per_program = launch.cdiv(B * n_blocks, programs)
     element = torch.arange(B, device=slabs.device)
     first = element * n_blocks // per_program  # the programs covering e: first[e] … last[e]
     last = ((element + 1) * n_blocks - 1) // per_program
     db = None
     for part in slabs:
-        for k in range(triton.cdiv(n_blocks - 1, per_program) + 1):  # last − first ≤ ⌈(n_blocks − 1) / c⌉
+        for k in range(launch.cdiv(n_blocks - 1, per_program) + 1):  # last − first ≤ ⌈(n_blocks − 1) / c⌉
             covered = (first + k <= last)[:, None, None]
             term = part.index_select(0, torch.minimum(first + k, last) + element)
             db = term if db is None else torch.where(covered, db + term, db)

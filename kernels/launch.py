@@ -83,9 +83,14 @@ def autotuning() -> bool:
     return not interpreting() and os.environ.get("FASTREL_TRITON_AUTOTUNE", "1") != "0"
 
 
+def cdiv(n: int, d: int) -> int:
+    """⌈n / d⌉ in plain ints (triton.cdiv is a constexpr function, microseconds per host call)."""
+    return -(-n // d)
+
+
 def pow2(n: int, lo: int = 16) -> int:
     """The power-of-two block covering n, at least lo (tl.dot needs dimensions of at least 16)."""
-    return max(lo, triton.next_power_of_2(max(int(n), 1)))
+    return max(lo, 1 << (max(int(n), 1) - 1).bit_length())  # plain ints: called per launch, on the host
 
 
 def size_class(n_own: int, n_loop: int) -> int:
