@@ -63,9 +63,9 @@ SMALL_SET_WARPS = 8
 FORWARD_FIXED: Tile = FORWARD_TILES[0]
 BACKWARD_FIXED: Tile = BACKWARD_TILES[0]
 #: Deterministic mode's tile where W_r's slice is small (BLOCK_H × BLOCK_R ≤ NARROW_W_ELEMENTS, bf16/fp16:
-#: TF32's 4-byte operands spill 1.8 KB per thread in it at H = 256, R slice 32): 4 warps,
-#: two programs per SM, spill-free. On the H200 at N = 1024 (H = 128, R = 64) it ran the backward
-#: in 1.91 ms against 4.65 ms for BACKWARD_FIXED; at the paper shape (H = 256, R = 128) it spills
+#: TF32's 4-byte operands spill 1.8 KB per thread in it at H = 256, R slice 32): 4 warps, two
+#: programs per SM. On the H200 at N = 1024 (H = 128, R = 64) fast mode ran the backward with it in
+#: 1.91 ms against 4.65 ms with BACKWARD_FIXED; at the paper shape (H = 256, R = 128) it spills
 #: 3.7 KB per thread and was slower.
 BACKWARD_FIXED_NARROW: Tile = BACKWARD_TILES[2]
 NARROW_W_ELEMENTS = 128 * 64

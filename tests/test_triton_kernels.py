@@ -202,8 +202,8 @@ def test_device_backward_tiles_match_the_reference(monkeypatch, tile, determinis
 @pytest.mark.parametrize("programs, r_slice", [(1, 32), (2, 16), (3, 32), (5, 16), (11, 32)])
 def test_deterministic_db_is_right_however_the_programs_split_the_batch(monkeypatch, programs, r_slice):
     """Deterministic mode adds db into one slab per program and batch element; the host sums them.
-    Programs that end inside a batch element, that cover several, or
-    that have no items (11 programs for 9 work items), and two R slices, all give the reference's db."""
+    Programs that end inside a batch element, that cover several, that have no items (11 programs
+    for 9 work items), and two R slices: all give the reference's db."""
     usable(NAME)
     monkeypatch.setattr(launch, "programs", lambda x, items: programs)
     monkeypatch.setattr(launch, "r_slice", lambda *args, **kwargs: r_slice)
