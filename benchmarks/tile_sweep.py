@@ -6,7 +6,9 @@ per SM), one row per variant, so that launch.py's constants are chosen from devi
 
 Every variant is first compiled in a pool of worker processes (small batch, same specialisation);
 then, one at a time, each is checked against the float64 reference on the timed inputs and timed
-(CUDA events, median of 20 calls). Inputs, reference and errors are gpu_check's. Rows go to
+(CUDA events, median of 20 calls); on a GPU each row also holds its kernels' device time (per
+kernel and in all, with the launch count) and the host's time to issue one call, which tell a
+kernel-bound call from a host-bound one. Inputs, reference and errors are gpu_check's. Rows go to
 DIR/sweep.jsonl as they are measured; the table of each group is printed last. ``--dry`` runs a few
 variants at tiny sizes under the Triton interpreter, to test the script without a GPU.
 """
@@ -232,6 +234,7 @@ def check_and_time(group: Group, variant: Overrides, t: dict, want, device: str,
             errors = [gpu_check.rel_error(x, y) for x, y in zip(got, want)]
             times = time_ms(lambda: run(group, t, variant), device, repeats=3 if device != "cuda" else 20)
             kernels = kernel_ms(lambda: run(group, t, variant)) if device == "cuda" else None
+            host = host_ms(lambda: run(group, t, variant), device) if device == "cuda" else None
     except Exception as failure:
         return {"status": f"failed: {type(failure).__name__}: {str(failure).splitlines()[0][:200]}"}
     return {
@@ -240,7 +243,21 @@ def check_and_time(group: Group, variant: Overrides, t: dict, want, device: str,
         "time_ms": statistics.median(times),
         "spread_ms": max(times) - min(times),
         "kernels_ms": kernels,
+        "host_ms": host,
     }
+
+
+def host_ms(call, device: str, repeats: int = 5) -> float:
+    """Median milliseconds the host takes to issue one call, the device idle before it: near the
+    row's time, the call is bound by the host (Python, dispatch, launches), not by its kernels."""
+    times = []
+    for _ in range(repeats):
+        measure.sync(device)
+        began = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - began) * 1e3)
+        measure.sync(device)
+    return statistics.median(times)
 
 
 def kernel_ms(call) -> dict[str, float]:
@@ -268,7 +285,8 @@ def line(row: dict) -> str:
     if row["status"] != "ok":
         return f"{head} {row['status']}"
     err = max(row["errors"])
-    return f"{head} {row['time_ms']:9.3f} ms  ±{row['spread_ms']:.3f}  max err {err:.1e}"
+    host = f"  host {row['host_ms']:.3f} ms" if row.get("host_ms") is not None else ""
+    return f"{head} {row['time_ms']:9.3f} ms  ±{row['spread_ms']:.3f}  max err {err:.1e}{host}"
 
 
 def main(argv: list[str] | None = None) -> int:
