@@ -70,6 +70,8 @@ DRY_SMOKE_SHAPES = ((2, 5, 7, 6, 3), (2, 9, 4, 5, 4))
 SMOKE_FLOOR = {torch.float32: 1e-5, torch.bfloat16: torch.finfo(torch.bfloat16).eps}
 #: Largest fp64 pair tensors the chunked exact reference makes at once.
 EXACT_BUDGET = {"cuda": 2 << 30, "cpu": 64 << 20}
+#: Rows faster than this also time the host's issue of one call (measure.host_seconds): clips.
+HOST_TIMED_BELOW_MS = 20.0
 
 
 def device_of(dry: bool) -> str:
@@ -329,6 +331,8 @@ def measure_row(fn: Callable, t: dict, exact: dict | None, mode: str, device: st
     times = measure.repeat_seconds(call, device, limits.min_time, limits.min_repeats, limits.max_repeats,
                                    limits.deadline)
     row.update(measure.summarise(times))
+    if device == "cuda" and row["time_ms"] < HOST_TIMED_BELOW_MS:  # is a short call bound by the host?
+        row["host_ms"] = measure.host_seconds(call, device) * 1e3
     return row
 
 
@@ -391,8 +395,9 @@ def progress(row: dict) -> str:
     if row["status"] != "ok":
         return f"{what} {row['status']}"
     err = f"{row['rel_err']:.1e}" if row.get("rel_err") is not None else "-"
+    host = f"  host {row['host_ms']:.3f} ms" if "host_ms" in row else ""
     return (f"{what} {row['time_ms']:9.3f} ms  {row['peak_mib']:9.1f} MiB  err {err}  "
-            f"{row.get('pct_of_matmul_peak', float('nan')):5.1f}% peak  first call {row['first_call_s']:.1f} s")
+            f"{row.get('pct_of_matmul_peak', float('nan')):5.1f}% peak  first call {row['first_call_s']:.1f} s{host}")
 
 
 def ceilings(dry: bool, path: Path) -> None:
@@ -489,7 +494,7 @@ def report(directory: Path, dest: Path) -> dict:
     with open(dest / "gpu_check_rows.csv", "w", newline="") as out:
         fields = ["name", "B", "N", "M", "H", "R", "masked", "dtype", "impl", "mode", "status", "time_ms",
                   "time_p25_ms", "time_p75_ms", "repeats", "first_call_s", "peak_mib", "predicted_mib", "rel_err",
-                  "tflops", "pct_of_matmul_peak", "device"]
+                  "tflops", "pct_of_matmul_peak", "host_ms", "device"]
         writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(result["rows"])

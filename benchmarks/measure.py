@@ -94,6 +94,19 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def host_seconds(call: Callable[[], object], device: str, repeats: int = 5) -> float:
+    """Median seconds the host takes to issue one call, the device idle before it: near the call's
+    time, the call is bound by the host (Python, dispatch, launches), not by its kernels."""
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        began = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - began)
+        sync(device)
+    return statistics.median(times)
+
+
 def call_seconds(call: Callable[[], object], device: str) -> float:
     """Seconds of one call: CUDA events around it on CUDA, the wall clock on CPU."""
     if device == "cuda":

@@ -234,7 +234,7 @@ def check_and_time(group: Group, variant: Overrides, t: dict, want, device: str,
             errors = [gpu_check.rel_error(x, y) for x, y in zip(got, want)]
             times = time_ms(lambda: run(group, t, variant), device, repeats=3 if device != "cuda" else 20)
             kernels = kernel_ms(lambda: run(group, t, variant)) if device == "cuda" else None
-            host = host_ms(lambda: run(group, t, variant), device) if device == "cuda" else None
+            host = measure.host_seconds(lambda: run(group, t, variant), device) * 1e3 if device == "cuda" else None
     except Exception as failure:
         return {"status": f"failed: {type(failure).__name__}: {str(failure).splitlines()[0][:200]}"}
     return {
@@ -245,19 +245,6 @@ def check_and_time(group: Group, variant: Overrides, t: dict, want, device: str,
         "kernels_ms": kernels,
         "host_ms": host,
     }
-
-
-def host_ms(call, device: str, repeats: int = 5) -> float:
-    """Median milliseconds the host takes to issue one call, the device idle before it: near the
-    row's time, the call is bound by the host (Python, dispatch, launches), not by its kernels."""
-    times = []
-    for _ in range(repeats):
-        measure.sync(device)
-        began = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - began) * 1e3)
-        measure.sync(device)
-    return statistics.median(times)
 
 
 def kernel_ms(call) -> dict[str, float]:

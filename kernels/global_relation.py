@@ -152,14 +152,6 @@ def _key_weights(key_mask: Tensor | None, a: Tensor, M: int) -> tuple[Tensor | N
     return m, 1.0 / m.sum(dim=1).clamp(min=1)
 
 
-def _tile(n_own: int, n_loop: int, fixed: launch.Tile, deterministic: bool) -> tuple[launch.Tile, bool]:
-    """(tile, autotune?): a small set in one step; deterministic mode always with the fixed tile."""
-    small = launch.small_set_tile(n_own, n_loop)
-    if small is not None:
-        return (*small, launch.SMALL_SET_WARPS, fixed[3]), False
-    return fixed, not deterministic
-
-
 def forward(
     a: Tensor, b: Tensor, weight: Tensor, bias: Tensor | None, key_mask: Tensor | None, inner: str, outer: str
 ) -> Tensor:
@@ -170,7 +162,7 @@ def forward(
     g = torch.empty(B, N, R, dtype=a.dtype, device=a.device)
     if g.numel() == 0:
         return g
-    tile, tune = _tile(N, M, launch.FORWARD_FIXED, deterministic=False)
+    tile, tune = launch.forward_tile(a, N, M)
     block_r = launch.r_slice(a, R, H, forward=True, one_step=launch.small_set_tile(N, M) is not None)
     grid = (launch.programs(a, B * N), launch.cdiv(R, block_r))
     args = (a, b, weight, bias if bias is not None else weight, m if m is not None else inv_count, inv_count, g)

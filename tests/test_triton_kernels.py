@@ -199,6 +199,30 @@ def test_device_backward_tiles_match_the_reference(monkeypatch, tile, determinis
         torch.testing.assert_close(x.cpu(), r, rtol=1e-4, atol=1e-4, msg=label)
 
 
+def test_forward_tile_follows_the_set_size_and_precision(monkeypatch):
+    """A clip runs one step, fp32 without TF32 its fixed FMA tile, everything else autotunes."""
+    monkeypatch.setattr(launch, "_capability", lambda x: 9)
+    previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+    try:
+        half = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16)
+        ieee = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.float32)
+        assert launch.forward_tile(half, 128, 128) == (launch.FORWARD_FIXED, True)
+        assert launch.forward_tile(ieee, 128, 128) == (launch.IEEE_FORWARD_TILE, False)
+        assert launch.forward_tile(half, 8, 8) == ((8, 8, launch.SMALL_SET_WARPS, launch.FORWARD_FIXED[3]), False)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def test_the_fp32_forward_tile_matches_the_reference(monkeypatch):
+    """The forward's fixed tile of fp32 without TF32 (not the interpreter's own) gives the reference's g."""
+    usable(NAME)
+    monkeypatch.setattr(launch, "forward_tile", lambda *args: (launch.IEEE_FORWARD_TILE, False))
+    problem = Problem(B=2, N=37, M=13, H=24, R=20, mask="ragged")
+    ours = run(problem, NAME, torch.float32, device_for(NAME))
+    ref = run(problem, None, torch.float32, "cpu")
+    torch.testing.assert_close(ours[0].cpu(), ref[0], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("programs, r_slice", [(1, 32), (2, 16), (3, 32), (5, 16), (11, 32)])
 def test_deterministic_db_is_right_however_the_programs_split_the_batch(monkeypatch, programs, r_slice):
     """Deterministic mode adds db into one slab per program and batch element; the host sums them.
