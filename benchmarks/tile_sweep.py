@@ -55,7 +55,7 @@ BWD_TILES = [(4, 16, 8, 1), (4, 16, 4, 1), (8, 8, 4, 1), (8, 8, 8, 1), (16, 4, 8
 FWD_TILES = [(8, 16, 8, 2), (2, 32, 4, 2), (2, 32, 4, 3), (4, 16, 4, 2), (8, 16, 4, 2), (2, 64, 4, 2), (8, 8, 4, 2),
              (4, 32, 4, 2), (1, 64, 4, 2)]  # fmt: skip
 IEEE_BWD = [(8, 2, 8, 1), (4, 4, 4, 1), (8, 2, 4, 1), (4, 2, 4, 1)]
-IEEE_FWD = [(8, 16, 8, 2), (2, 32, 4, 2), (2, 32, 8, 2), (4, 16, 4, 2)]
+IEEE_FWD = [(2, 32, 8, 2), (4, 16, 4, 2), (2, 32, 4, 2), (8, 16, 8, 2)]
 
 PAPER = Case("paper", 576, 128, 128, 256, 128)
 N1024 = Case("n1024", 8, 1024, 1024, 128, 64)
@@ -82,7 +82,7 @@ def gpu_groups() -> list[Group]:
         Group(N1024, "bfloat16", "bwd_det", narrow_det),
         Group(PAPER_9, "float32", "bwd", tf32, tf32=True),
         Group(PAPER_9, "float32", "fwd", _tiles("FORWARD_FIXED", FWD_TILES[:4]), tf32=True),
-        Group(PAPER_9, "float32", "fwd", _tiles("FORWARD_FIXED", IEEE_FWD)),
+        Group(PAPER_9, "float32", "fwd", _tiles("IEEE_FORWARD_TILE", IEEE_FWD)),
         Group(PAPER_9, "float32", "bwd", _tiles("IEEE_BACKWARD_TILE", IEEE_BWD)),
         Group(WIDE, "bfloat16", "fwd", [{}]),
         Group(WIDE, "bfloat16", "bwd", [{}]),
