@@ -37,6 +37,15 @@ def test_chunked_exact_reference_equals_the_reference_in_one_piece():
             torch.testing.assert_close(whole[name], x.detach(), rtol=1e-12, atol=1e-12, msg=name)
 
 
+def test_host_time_is_the_median_of_the_calls_issue_times():
+    """measure.host_seconds times each call from an idle device to its return, the median of them."""
+    import measure
+
+    waits = iter([0.03, 0.001, 0.002, 0.03, 0.03])
+    seconds = measure.host_seconds(lambda: time.sleep(next(waits)), "cpu", repeats=5)
+    assert 0.03 <= seconds < 0.5
+
+
 def test_plan_measures_bf16_fused_rows_first_and_the_deterministic_backward_last():
     order = gpu_check.plan(gpu_check.GPU_CASES, ["triton", "reference", "compiled", "triton_det"])
     labels = [(dtype, impl) for _, dtype, impl, _ in order]
