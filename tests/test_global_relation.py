@@ -49,8 +49,10 @@ def problems(draw, name: str) -> Problem:
     )
 
 
-def assert_matches_reference(problem: Problem, name: str, dtype: torch.dtype, device: str) -> None:
-    out, grads = run(problem, name, dtype, device)
+def assert_matches_reference(
+    problem: Problem, name: str, dtype: torch.dtype, device: str, deterministic: bool | None = None
+) -> None:
+    out, grads = run(problem, name, dtype, device, deterministic=deterministic)
     ref_out, ref_grads = reference_run(problem)
     for label, x, ref in zip(NAMES, [out, *grads], [ref_out, *ref_grads]):
         error = rel_error(x, ref)
@@ -61,9 +63,11 @@ def assert_matches_reference(problem: Problem, name: str, dtype: torch.dtype, de
 def test_forward_and_every_gradient_match_reference_on_random_problems(name):
     usable(name)
 
-    @given(problems(name))
-    def check(problem):
-        assert_matches_reference(problem, name, exact_dtype(name), device_for(name))
+    modes = st.booleans() if BACKENDS[name].deterministic else st.just(False)
+
+    @given(problems(name), modes)
+    def check(problem, deterministic):
+        assert_matches_reference(problem, name, exact_dtype(name), device_for(name), deterministic)
 
     check()
 
