@@ -25,6 +25,15 @@ from fastrel.kernels.global_relation_backward import round_to
 NAME = "triton"
 
 
+@pytest.fixture
+def sm90(monkeypatch):
+    """Stand-ins for tensors on a pretend sm_90 GPU with TF32 off, by dtype (what launch.py reads)."""
+    monkeypatch.setattr(launch, "_capability", lambda x: 9)
+    previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
+    yield lambda dtype: SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
+    torch.backends.cuda.matmul.allow_tf32 = previous
+
+
 def test_nan_in_a_b_or_weight_gives_the_reference_nan_pattern_forward_and_backward():
     usable(NAME)
     device = device_for(NAME)
@@ -157,11 +166,10 @@ def test_backward_tile_and_r_slice_follow_the_device_capability(monkeypatch, cap
     (128, 64, launch.BACKWARD_FIXED_NARROW), (64, 128, launch.BACKWARD_FIXED_NARROW),
     (128, 128, launch.BACKWARD_FIXED), (256, 128, launch.BACKWARD_FIXED), (256, 32, launch.BACKWARD_FIXED_NARROW),
 ])  # fmt: skip
-def test_deterministic_mode_takes_the_four_warp_tile_where_w_r_is_small(monkeypatch, H, block_r, tile):
+def test_deterministic_mode_takes_the_four_warp_tile_where_w_r_is_small(sm90, H, block_r, tile):
     """On sm_90 deterministic mode (no autotuning) runs 2×32 with 4 warps, two programs per SM, when
     W_r's slice is at most 128 × 64 elements (N = 1024's shape, 2.4× faster there), else 4×16."""
-    monkeypatch.setattr(launch, "_capability", lambda x: 9)
-    x = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16)
+    x = sm90(torch.bfloat16)
     assert launch.backward_tile(x, 1024, 1024, H, block_r, deterministic=True) == (tile, False)
     assert launch.backward_tile(x, 1024, 1024, H, block_r, deterministic=False) == (launch.BACKWARD_FIXED, True)
 
@@ -199,18 +207,12 @@ def test_device_backward_tiles_match_the_reference(monkeypatch, tile, determinis
         torch.testing.assert_close(x.cpu(), r, rtol=1e-4, atol=1e-4, msg=label)
 
 
-def test_forward_tile_follows_the_set_size_and_precision(monkeypatch):
+def test_forward_tile_follows_the_set_size_and_precision(sm90):
     """A clip runs one step, fp32 without TF32 its fixed FMA tile, everything else autotunes."""
-    monkeypatch.setattr(launch, "_capability", lambda x: 9)
-    previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
-    try:
-        half = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16)
-        ieee = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.float32)
-        assert launch.forward_tile(half, 128, 128) == (launch.FORWARD_FIXED, True)
-        assert launch.forward_tile(ieee, 128, 128) == (launch.IEEE_FORWARD_TILE, False)
-        assert launch.forward_tile(half, 8, 8) == ((8, 8, launch.SMALL_SET_WARPS, launch.FORWARD_FIXED[3]), False)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+    half, ieee = sm90(torch.bfloat16), sm90(torch.float32)
+    assert launch.forward_tile(half, 128, 128) == (launch.FORWARD_FIXED, True)
+    assert launch.forward_tile(ieee, 128, 128) == (launch.IEEE_FORWARD_TILE, False)
+    assert launch.forward_tile(half, 8, 8) == ((8, 8, launch.SMALL_SET_WARPS, launch.FORWARD_FIXED[3]), False)
 
 
 def test_the_fp32_forward_tile_matches_the_reference(monkeypatch):
@@ -239,18 +241,12 @@ def test_deterministic_db_is_right_however_the_programs_split_the_batch(monkeypa
         torch.testing.assert_close(x.cpu(), r, rtol=1e-10, atol=1e-10, msg=label)
 
 
-def test_a_small_sets_one_step_launch_keeps_its_smaller_r_slice(monkeypatch):
+def test_a_small_sets_one_step_launch_keeps_its_smaller_r_slice(sm90):
     """The one-step launch of a clip keeps R slices of 64 (bf16 backward) and 16 (IEEE fp32 forward)."""
-    monkeypatch.setattr(launch, "_capability", lambda x: 9)
-    previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
-    try:
-        half = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16)
-        ieee = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.float32)
-        assert launch.r_slice(half, 128, 256, forward=False, one_step=True) == 64
-        assert launch.r_slice(half, 128, 256, forward=True, one_step=True) == 128
-        assert launch.r_slice(ieee, 128, 256, forward=True, one_step=True) == 16
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+    half, ieee = sm90(torch.bfloat16), sm90(torch.float32)
+    assert launch.r_slice(half, 128, 256, forward=False, one_step=True) == 64
+    assert launch.r_slice(half, 128, 256, forward=True, one_step=True) == 128
+    assert launch.r_slice(ieee, 128, 256, forward=True, one_step=True) == 16
 
 
 def test_the_autotuners_key_sets_by_size_class_not_by_exact_length():
