@@ -249,6 +249,16 @@ def test_a_small_sets_one_step_launch_keeps_its_smaller_r_slice(sm90):
     assert launch.r_slice(ieee, 128, 256, forward=True, one_step=True) == 16
 
 
+def test_every_autotuned_backward_config_zeroes_db_before_it_runs():
+    """The host leaves db unzeroed for an autotuned launch: each config's pre-hook zeroes it."""
+    from fastrel.kernels import global_relation
+
+    for config in global_relation._backward_rows_tuned.configs:
+        db = torch.ones(3, 4)
+        config.pre_hook({"db_ptr": db})
+        assert torch.equal(db, torch.zeros(3, 4))
+
+
 def test_the_autotuners_key_sets_by_size_class_not_by_exact_length():
     """A new set length within a size class reuses the tuned tile (RGTR over tracklets of many lengths)."""
     from fastrel.kernels import global_relation
