@@ -305,9 +305,11 @@ class Limits:
     max_repeats: int
 
 
-def measure_row(fn: Callable, t: dict, exact: dict | None, mode: str, device: str, limits: Limits) -> dict:
+def measure_row(fn: Callable, t: dict, exact: dict | None, mode: str, device: str, limits: Limits,
+                repeatable: bool = False) -> dict:
     """First-call seconds (compilation, autotuning), error against the exact reference, peak
-    memory of one call above the inputs, then the median time of repeated calls."""
+    memory of one call above the inputs, then the median time of repeated calls; with
+    ``repeatable``, whether a call after the timed ones returns bitwise the first call's result."""
     leaves = [t[k].detach().requires_grad_(mode == "fwdbwd") for k in ("a", "b", "weight", "bias")]
 
     def call():
@@ -326,11 +328,14 @@ def measure_row(fn: Callable, t: dict, exact: dict | None, mode: str, device: st
         errors = {n: rel_error(x, exact[n]) for n, x in zip(GRADIENTS, result)}
         row["rel_err"] = max(errors.values())
         row["rel_errors"] = errors
+    first = result if repeatable else None
     del result
     row["peak_mib"] = measure.peak_bytes(call, device) / 2**20
     times = measure.repeat_seconds(call, device, limits.min_time, limits.min_repeats, limits.max_repeats,
                                    limits.deadline)
     row.update(measure.summarise(times))
+    if first is not None:
+        row["bitwise_repeat"] = all(torch.equal(x, y) for x, y in zip(first, call()))
     if device == "cuda" and row["time_ms"] < HOST_TIMED_BELOW_MS:  # is a short call bound by the host?
         row["host_ms"] = measure.host_seconds(call, device) * 1e3
     return row
@@ -369,7 +374,7 @@ def time_rows(cases, impls: list[str], dry: bool, path: Path, limits: Limits, co
                     row["prepare_s"] = time.perf_counter() - began
                 t, exact = prepared[key]
                 fn = implementation(impl, compile_backend)
-                row.update(measure_row(fn, t, exact, mode, device, limits))
+                row.update(measure_row(fn, t, exact, mode, device, limits, repeatable=impl.endswith("_det")))
                 row["status"] = "ok"
             except torch.OutOfMemoryError:
                 row["status"] = "error: out of memory"
@@ -396,6 +401,8 @@ def progress(row: dict) -> str:
         return f"{what} {row['status']}"
     err = f"{row['rel_err']:.1e}" if row.get("rel_err") is not None else "-"
     host = f"  host {row['host_ms']:.3f} ms" if "host_ms" in row else ""
+    if "bitwise_repeat" in row:
+        host += f"  repeats bitwise: {'yes' if row['bitwise_repeat'] else 'NO'}"
     return (f"{what} {row['time_ms']:9.3f} ms  {row['peak_mib']:9.1f} MiB  err {err}  "
             f"{row.get('pct_of_matmul_peak', float('nan')):5.1f}% peak  first call {row['first_call_s']:.1f} s{host}")
 

@@ -235,6 +235,7 @@ def check_and_time(group: Group, variant: Overrides, t: dict, want, device: str,
             times = time_ms(lambda: run(group, t, variant), device, repeats=3 if device != "cuda" else 20)
             kernels = kernel_ms(lambda: run(group, t, variant)) if device == "cuda" else None
             host = measure.host_seconds(lambda: run(group, t, variant), device) * 1e3 if device == "cuda" else None
+            bitwise = all(torch.equal(x, y) for x, y in zip(got, run(group, t, variant)))
     except Exception as failure:
         return {"status": f"failed: {type(failure).__name__}: {str(failure).splitlines()[0][:200]}"}
     return {
@@ -244,6 +245,7 @@ def check_and_time(group: Group, variant: Overrides, t: dict, want, device: str,
         "spread_ms": max(times) - min(times),
         "kernels_ms": kernels,
         "host_ms": host,
+        "bitwise_repeat": bitwise,  # expected of deterministic mode (bwd_det); fast mode's atomics may differ
     }
 
 
@@ -273,7 +275,8 @@ def line(row: dict) -> str:
         return f"{head} {row['status']}"
     err = max(row["errors"])
     host = f"  host {row['host_ms']:.3f} ms" if row.get("host_ms") is not None else ""
-    return f"{head} {row['time_ms']:9.3f} ms  ±{row['spread_ms']:.3f}  max err {err:.1e}{host}"
+    repeat = "" if row["bitwise_repeat"] else "  (a repeat differs)"
+    return f"{head} {row['time_ms']:9.3f} ms  ±{row['spread_ms']:.3f}  max err {err:.1e}{host}{repeat}"
 
 
 def main(argv: list[str] | None = None) -> int:

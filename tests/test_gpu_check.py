@@ -46,6 +46,23 @@ def test_host_time_is_the_median_of_the_calls_issue_times():
     assert 0.03 <= seconds < 0.5
 
 
+def test_a_repeatable_row_says_whether_a_later_call_returns_bitwise_the_first_result():
+    case = Case("tiny", B=2, N=3, M=3, H=4, R=2)
+    t = gpu_check.make_inputs(case, torch.float32, "cpu")
+    limits = Limits(deadline=time.perf_counter() + 60, compile_budget_s=0, memory_bytes=1 << 30, min_time=0,
+                    min_repeats=1, max_repeats=2)
+    fixed = gpu_check.implementation("reference", "inductor")
+    drift = iter(range(1, 100))
+
+    def drifting(a, b, weight, bias, key_mask):  # a result that moves by one ulp per call
+        out = fixed(a, b, weight, bias, key_mask)
+        return out * (1 + next(drift) * torch.finfo(out.dtype).eps)
+
+    assert gpu_check.measure_row(fixed, t, None, "fwdbwd", "cpu", limits, repeatable=True)["bitwise_repeat"]
+    assert not gpu_check.measure_row(drifting, t, None, "fwdbwd", "cpu", limits, repeatable=True)["bitwise_repeat"]
+    assert "bitwise_repeat" not in gpu_check.measure_row(fixed, t, None, "fwdbwd", "cpu", limits)
+
+
 def test_plan_measures_bf16_fused_rows_first_and_the_deterministic_backward_last():
     order = gpu_check.plan(gpu_check.GPU_CASES, ["triton", "reference", "compiled", "triton_det"])
     labels = [(dtype, impl) for _, dtype, impl, _ in order]
@@ -128,7 +145,7 @@ def test_the_whole_dry_run_passes_and_returns_at_most_eight_files(tmp_path):
 
 def test_the_launch_sweep_checks_and_times_every_variant_in_dry_mode(tmp_path):
     """benchmarks/tile_sweep.py (the device's second call): every dry variant compiles in the
-    worker pool, agrees with the float64 reference and is timed."""
+    worker pool, agrees with the float64 reference and is timed; a deterministic one repeats bitwise."""
     import tile_sweep
 
     assert tile_sweep.main(["--out", str(tmp_path), "--dry", "--workers", "1"]) == 0
@@ -137,3 +154,4 @@ def test_the_launch_sweep_checks_and_times_every_variant_in_dry_mode(tmp_path):
     for row in rows:
         assert row["status"] == "ok", row
         assert max(row["errors"]) < 1e-5 and row["time_ms"] > 0, row
+        assert row["bitwise_repeat"] or row["kind"] != "bwd_det", row
