@@ -29,7 +29,7 @@ import triton.language as tl
 from fastrel import activations
 from fastrel.kernels import launch
 from fastrel.kernels.activation import activation
-from fastrel.kernels.global_relation_backward import backward_rows_kernel, round_to, valid_keys
+from fastrel.kernels.global_relation_backward import backward_rows_kernel, round_to, sum_slabs_kernel, valid_keys
 
 Tensor = torch.Tensor
 
@@ -225,20 +225,15 @@ def backward(
 
 
 def _sum_slabs(slabs: Tensor, B: int, n_blocks: int, programs: int) -> Tensor:
-    """db (B, M, H) from the deterministic row pass's slabs (slices, programs + B − 1, M, H): program p
-    walked the items [p·c, (p + 1)·c) (c = ⌈B·n_blocks / programs⌉, item = batch element · n_blocks +
-    row block) and added batch element e's terms into slab p + e. Summed in a fixed order: slices,
-    then the programs that cover e, in program order."""
-    per_program = launch.cdiv(B * n_blocks, programs)
-    element = torch.arange(B, device=slabs.device)
-    first = element * n_blocks // per_program  # the programs covering e: first[e] … last[e]
-    last = ((element + 1) * n_blocks - 1) // per_program
-    db = None
-    for part in slabs:
-        for k in range(launch.cdiv(n_blocks - 1, per_program) + 1):  # last − first ≤ ⌈(n_blocks − 1) / c⌉
-            covered = (first + k <= last)[:, None, None]
-            term = part.index_select(0, torch.minimum(first + k, last) + element)
-            db = term if db is None else torch.where(covered, db + term, db)
+    """db (B, M, H) from the deterministic row pass's slabs (slices, programs + B − 1, M, H), summed in
+    a fixed order by one launch (sum_slabs_kernel)."""
+    slices, count, M, H = slabs.shape
+    db = slabs.new_empty(B, M, H)
+    block = min(1024, launch.pow2(M * H))
+    grid = (B * launch.cdiv(M * H, block),)
+    with launch.on_device(slabs):
+        sum_slabs_kernel[grid](slabs, db, B, M * H, count, slices, n_blocks, launch.cdiv(B * n_blocks, programs),
+                               BLOCK=block)
     return db
 
 

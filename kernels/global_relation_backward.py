@@ -209,3 +209,22 @@ def backward_rows_kernel(
     _store_t(dw_part_ptr, program, r, R, h0, H, tl.trans(dw0))
     _store_t(dw_part_ptr, program, r, R, h1, H, tl.trans(dw1))
     tl.store(dbias_part_ptr + program * R + r, dbias_acc, mask=r < R)
+
+
+@triton.jit
+def sum_slabs_kernel(slabs_ptr, db_ptr, B, M_H, SLABS, SLICES, N_BLOCKS, PER_PROGRAM, BLOCK: tl.constexpr):
+    """db (B, M·H) from deterministic mode's slabs (SLICES, SLABS, M·H): program p walked the items
+    [p·PER_PROGRAM, (p + 1)·PER_PROGRAM) (item = batch element · N_BLOCKS + row block) and added batch
+    element e's terms into slab p + e. One program per (e, BLOCK columns) adds them in a fixed order:
+    slices, then the programs that cover e, in program order."""
+    col_blocks = tl.cdiv(M_H, BLOCK)
+    e = tl.program_id(0) // col_blocks
+    cols = (tl.program_id(0) % col_blocks) * BLOCK + tl.arange(0, BLOCK)
+    first = e * N_BLOCKS // PER_PROGRAM
+    last = ((e + 1) * N_BLOCKS - 1) // PER_PROGRAM
+    acc = tl.zeros((BLOCK,), dtype=db_ptr.dtype.element_ty)
+    for s in range(SLICES):
+        for p in range(first, last + 1):
+            slab = (s * SLABS + p + e).to(tl.int64)
+            acc += tl.load(slabs_ptr + slab * M_H + cols, mask=cols < M_H, other=0.0)
+    tl.store(db_ptr + e.to(tl.int64) * M_H + cols, acc, mask=cols < M_H)

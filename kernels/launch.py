@@ -39,9 +39,10 @@ R_SLICE: dict[tuple[bool, str], tuple[int, int]] = {  # (forward?, kind): (cap, 
     (False, "tf32"): (128, 8192),
     (False, "ieee"): (16, 4096),
 }
-#: A small set's one-step launch (small_set_tile) keeps the caps it compiled to without spills:
-#: the measured gains above were for the paper's 128-item sets.
-ONE_STEP_R_CAP: dict[tuple[bool, str], int] = {(False, "half"): 64, (True, "ieee"): 16}
+#: A small set's one-step launch (small_set_tile) keeps the bf16/fp16 backward cap it compiled to
+#: without spills (without it the H200 ran RGTR clips of T = 8 in the same time). The IEEE forward
+#: takes R = 64 there too: 1.8x faster kernels than with 16 (0.38 against 0.69 ms for 576 clips).
+ONE_STEP_R_CAP: dict[tuple[bool, str], int] = {(False, "half"): 64}
 BACKWARD_R_SLICE_SM80 = 16
 #: Persistent programs per multiprocessor; under the interpreter a few programs, so that each
 #: one still walks several work items.
@@ -53,8 +54,8 @@ INTERPRETER_PROGRAMS = 3
 #: paper shape and at N = 1024, which prefer different ones; autotuning picks among them on GPUs.
 #: The backward runs one pipeline stage: a second one was 2.6x slower on the H200.
 Tile = tuple[int, int, int, int]
-FORWARD_TILES: list[Tile] = [(8, 16, 8, 2), (2, 32, 4, 2)]
-BACKWARD_TILES: list[Tile] = [(4, 16, 8, 1), (16, 4, 8, 1), (2, 32, 4, 1)]
+FORWARD_TILES: list[Tile] = [(4, 16, 4, 2), (8, 16, 4, 2), (8, 16, 8, 2)]
+BACKWARD_TILES: list[Tile] = [(4, 16, 8, 1), (16, 4, 8, 1), (4, 16, 4, 1)]
 #: Warps of a small set's one-step tile (small_set_tile): 8, with which the clip launches compile
 #: without spills (4 spill 300-600 B per thread).
 SMALL_SET_WARPS = 8
@@ -63,10 +64,10 @@ SMALL_SET_WARPS = 8
 FORWARD_FIXED: Tile = FORWARD_TILES[0]
 BACKWARD_FIXED: Tile = BACKWARD_TILES[0]
 #: Deterministic mode's tile where W_r's slice is small (BLOCK_H × BLOCK_R ≤ NARROW_W_ELEMENTS, bf16/fp16:
-#: TF32's 4-byte operands spill 1.8 KB per thread in it at H = 256, R slice 32): 4 warps, two
-#: programs per SM. On the H200 at N = 1024 (H = 128, R = 64) fast mode ran the backward with it in
-#: 1.91 ms against 4.65 ms with BACKWARD_FIXED; at the paper shape (H = 256, R = 128) it spills
-#: 3.7 KB per thread and was slower.
+#: TF32's 4-byte operands spill in it at H = 256, R slice 32): 4 warps, two programs per SM. On the
+#: H200 at N = 1024 (H = 128, R = 64) fast mode ran the backward with it in 1.68 ms against 4.75 ms
+#: with BACKWARD_FIXED (and 1.87 ms with the 2×32 tile it replaced; deterministic mode's kernels
+#: 2.38 against 2.62 ms); at the paper shape (H = 256, R = 128) it was 3.8x slower.
 BACKWARD_FIXED_NARROW: Tile = BACKWARD_TILES[2]
 NARROW_W_ELEMENTS = 128 * 64
 #: sm_80 (mma.sync: every accumulator in registers, no 64-row MMA to fill) runs the backward with
