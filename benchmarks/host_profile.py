@@ -6,8 +6,9 @@ run far shorter kernels than the time the host takes to issue them (benchmarks/R
 Prints the host's time per call in stages (the forward through fastrel, the backward through
 autograd, the Triton module's forward and backward alone) with the device idle before each, then
 over ``--calls`` calls the host time of each op and runtime call (torch.profiler: a launch that
-waits shows here) and the Python functions that take the most (cProfile, own time and cumulative). On a CPU (with TRITON_INTERPRET=1) the kernels themselves run on the host, so only the
-ranking of fastrel's own Python means anything there.
+waits shows here) and the Python functions that take the most (cProfile, own time and
+cumulative). On a CPU (with TRITON_INTERPRET=1) the kernels themselves run on the host, so only
+the ranking of fastrel's own Python means anything there.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import gpu_check
 import measure
 import torch
 from timed_case import Case
+from torch.profiler import ProfilerActivity
+from torch.profiler import profile as torch_profile
 
 import fastrel
 
@@ -58,8 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{case} {args.dtype} {args.backend} on {device}")
     for name, call in stages.items():
         print(f"  host ms, {name:26s} {measure.host_seconds(call, device, repeats=21) * 1e3:8.3f}")
-    from torch.profiler import ProfilerActivity, profile as torch_profile
-
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with torch_profile(activities=activities) as ops:
         for _ in range(args.calls):
