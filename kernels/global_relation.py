@@ -232,8 +232,9 @@ def _sum_slabs(slabs: Tensor, B: int, n_blocks: int, programs: int) -> Tensor:
     block = min(1024, launch.pow2(M * H))
     grid = (B * launch.cdiv(M * H, block),)
     with launch.on_device(slabs):
-        sum_slabs_kernel[grid](slabs, db, B, M * H, count, slices, n_blocks, launch.cdiv(B * n_blocks, programs),
-                               BLOCK=block)
+        sum_slabs_kernel[grid](
+            slabs, db, B, M * H, count, slices, n_blocks, launch.cdiv(B * n_blocks, programs), BLOCK=block
+        )
     return db
 
 
