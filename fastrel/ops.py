@@ -1,8 +1,9 @@
 """The public operator ``global_relation``: argument checks, backend dispatch, autograd.
 
 The work is one ``torch.library`` custom op with a registered fake (shape) implementation and a
-registered backward, so ``torch.compile(fullgraph=True)`` traces models that use it. Dispatch
-happens before the op is called: the op receives the name of the backend that runs it.
+registered backward, so ``torch.compile(fullgraph=True)`` traces models that use it; plain eager
+calls skip the op's dispatcher wrapper and run the same backend function. Dispatch happens before
+the op is called: the op receives the name of the backend that runs it.
 
 Autograd: reverse mode (``.backward()``, ``torch.autograd.grad``, ``torch.func.grad``/``vjp``/
 ``jacrev``) through an ``autograd.Function`` around the op, which the ``torch.func`` transforms
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from fastrel import activations, backends, checks
 
@@ -74,9 +76,29 @@ _INPUTS = (
 )
 
 
-@torch.library.custom_op("fastrel::global_relation", mutates_args=(), schema=f"({_INPUTS}) -> Tensor")
-def _global_relation(a, b, weight, bias, key_mask, inner, outer, backend, deterministic) -> Tensor:
+def _forward(a, b, weight, bias, key_mask, inner, outer, backend, deterministic) -> Tensor:
     return backends.get(backend).forward(a, b, weight, bias, key_mask, inner, outer)
+
+
+def _backward_pass(grad, a, b, weight, bias, key_mask, inner, outer, backend, deterministic):
+    return backends.get(backend).backward(grad.contiguous(), a, b, weight, bias, key_mask, inner, outer, deterministic)
+
+
+def _direct(a: Tensor) -> bool:
+    """Whether an eager call runs its backend directly instead of through the custom op, whose
+    dispatcher wrapper costs a GPU host about as much time as a batch of RGTR clips' kernels
+    (benchmarks/host_profile.py): not for tensor subclasses, under torch.func transforms (the op's
+    vmap rule) or under dispatch modes (fake tensors, tracing)."""
+    return (
+        type(a) is Tensor
+        and not torch._C._are_functorch_transforms_active()
+        and _get_current_dispatch_mode() is None
+    )
+
+
+_global_relation = torch.library.custom_op(
+    "fastrel::global_relation", _forward, mutates_args=(), schema=f"({_INPUTS}) -> Tensor"
+)
 
 
 @_global_relation.register_fake
@@ -84,18 +106,12 @@ def _(a, b, weight, bias, key_mask, inner, outer, backend, deterministic):
     return a.new_empty(a.shape[0], a.shape[1], weight.shape[0])
 
 
-@torch.library.custom_op(
+_global_relation_backward = torch.library.custom_op(
     "fastrel::global_relation_backward",
+    _backward_pass,
     mutates_args=(),
     schema=f"(Tensor grad, {_INPUTS}) -> (Tensor, Tensor, Tensor, Tensor)",
 )
-def _global_relation_backward(
-    grad, a, b, weight, bias, key_mask, inner, outer, backend, deterministic
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    da, db, dweight, dbias = backends.get(backend).backward(
-        grad.contiguous(), a, b, weight, bias, key_mask, inner, outer, deterministic
-    )
-    return da, db, dweight, dbias
 
 
 @_global_relation_backward.register_fake
@@ -156,7 +172,8 @@ def _no_forward_mode(ctx, *tangents):
 
 
 class _GlobalRelation(torch.autograd.Function):
-    """The op with its registered backward, in the form torch.func transforms accept (setup_context).
+    """The op with its registered backward, in the form torch.func transforms accept (setup_context);
+    plain eager calls run the backend directly (_direct).
 
     Eager only: under torch.compile the op is called directly (dynamo does not trace a custom jvp).
     """
@@ -165,7 +182,7 @@ class _GlobalRelation(torch.autograd.Function):
 
     @staticmethod
     def forward(*inputs):
-        return _global_relation(*inputs)
+        return _forward(*inputs) if _direct(inputs[0]) else _global_relation(*inputs)
 
     setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)
@@ -179,7 +196,7 @@ class _GlobalRelationBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(*inputs):
-        return _global_relation_backward(*inputs)
+        return _backward_pass(*inputs) if _direct(inputs[1]) else _global_relation_backward(*inputs)
 
     @staticmethod
     def setup_context(ctx, inputs, output):

@@ -144,12 +144,12 @@ def _pair_meta(a: Tensor, bias: Tensor | None, m: Tensor | None, inner: str, out
 
 
 def _key_weights(key_mask: Tensor | None, a: Tensor, M: int) -> tuple[Tensor | None, Tensor]:
-    """(m as 0/1 in the accumulation dtype or None, 1 / max(Σ_j m_j, 1) per batch element)."""
+    """(the key mask as bytes, a view, or None; 1 / max(Σ_j m_j, 1) per batch element in the
+    accumulation dtype): few launches, as a small set's call is bound by the host's time."""
     acc, _ = launch.acc_dtypes(a.dtype)
     if key_mask is None:
         return None, torch.full((a.shape[0],), 1.0 / max(M, 1), dtype=acc, device=a.device)
-    m = key_mask.to(acc)
-    return m, 1.0 / m.sum(dim=1).clamp(min=1)
+    return key_mask.view(torch.uint8), torch.sum(key_mask, dim=1, dtype=acc).clamp_(min=1).reciprocal_()
 
 
 def forward(
@@ -200,7 +200,8 @@ def backward(
     programs = launch.programs(a, B * N)
     tile, tune = launch.backward_tile(a, N, M, H, block_r, deterministic)
     slabs = (slices, programs + B - 1) if deterministic else (B,)
-    da_part = torch.empty(slices, B, N, H, dtype=acc, device=a.device)
+    # One R slice stores da itself (rounded in the kernel); several store fp32 parts, summed below.
+    da_part = torch.empty(slices, B, N, H, dtype=acc if slices > 1 else a.dtype, device=a.device)
     # The atomics add into db: zeroed here, or by the autotuned launch's pre-hook before every run.
     db = (torch.empty if tune and launch.autotuning() else torch.zeros)(*slabs, M, H, dtype=acc, device=a.device)
     dw_part = torch.empty(programs, R, H, dtype=acc, device=a.device)
@@ -220,8 +221,8 @@ def backward(
         )  # fmt: skip
     if deterministic:
         db = _sum_slabs(db, B, launch.cdiv(N, tile[0]), programs)
-    da = da_part.sum(dim=0)
-    return da.to(a.dtype), db.to(b.dtype), dw_part.sum(dim=0).to(weight.dtype), dbias_part.sum(dim=0).to(weight.dtype)
+    da = da_part.sum(dim=0).to(a.dtype) if slices > 1 else da_part[0]
+    return da, db.to(b.dtype), dw_part.sum(dim=0).to(weight.dtype), dbias_part.sum(dim=0).to(weight.dtype)
 
 
 def _sum_slabs(slabs: Tensor, B: int, n_blocks: int, programs: int) -> Tensor:
@@ -241,7 +242,7 @@ def _sum_slabs(slabs: Tensor, B: int, n_blocks: int, programs: int) -> Tensor:
 def _no_hidden_backward(grad, a, b, weight, bias, m, inv_count, outer):
     """H = 0: z = β_r for every pair, so dβ_r = σ'(β_r) ⊙ Σ_{b,i} G_i [row has a valid key]."""
     beta = bias.to(inv_count.dtype) if bias is not None else inv_count.new_zeros(weight.shape[0])
-    keyed = m.amax(dim=1) if m is not None else torch.ones_like(inv_count)  # M > 0 here
+    keyed = m.amax(dim=1).to(inv_count.dtype) if m is not None else torch.ones_like(inv_count)  # M > 0 here
     rows = (grad.to(inv_count.dtype) * keyed[:, None, None]).sum(dim=(0, 1))
     dbias = activations.derivative(beta, outer) * rows
     return torch.zeros_like(a), torch.zeros_like(b), torch.zeros_like(weight), dbias.to(weight.dtype)

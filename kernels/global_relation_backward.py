@@ -151,8 +151,9 @@ def backward_rows_kernel(
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     """Row pass of R slice ``program_id(1)``: for each work item (batch element, BLOCK_I rows), the
-    slice's share of da (da_part, (R slices, B, N, H)); this program's dW_r and dβ_r partials
-    (dw_part (programs, R, H), dbias_part (programs, R)); −Σ_i du added by relaxed atomics into db:
+    slice's share of da (da_part, (R slices, B, N, H), fp32; with one slice, da itself); this
+    program's dW_r and dβ_r partials (dw_part (programs, R, H), dbias_part (programs, R)); −Σ_i du
+    added by relaxed atomics into db:
     into db itself (B, M, H), or with PRIVATE_DB into slabs that no other program touches
     ((R slices, programs + B − 1, M, H), slab program + batch element), so that each address sums its
     terms in the program's order (deterministic mode; the host adds the slabs in a fixed order)."""
@@ -202,8 +203,9 @@ def backward_rows_kernel(
             da0, dw0 = _row_half_step(du, p, dz_op, da0, dw0, db_ptr, slab, keys, M, h0, H, ACC, PRECISION)
             du, p = _half_gradient_t(a1, b1, w1, dz_op, INNER, ACC, DOT, PRECISION)
             da1, dw1 = _row_half_step(du, p, dz_op, da1, dw1, db_ptr, slab, keys, M, h1, H, ACC, PRECISION)
-        _store_t(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h0, H, da0)
-        _store_t(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h1, H, da1)
+        da_dtype = da_part_ptr.dtype.element_ty  # fp32, or the input dtype when R is one slice
+        _store_t(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h0, H, round_to(da0, da_dtype))
+        _store_t(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h1, H, round_to(da1, da_dtype))
     # Stored as dW_rᵀ tiles: Triton 3.6 then keeps no store offset across the walk (the row-major
     # store's were spilled in fast mode).
     _store_t(dw_part_ptr, program, r, R, h0, H, tl.trans(dw0))
