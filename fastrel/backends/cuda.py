@@ -8,7 +8,7 @@ deterministic without atomics when asked (a row pass for da and [dW | dβ], a ke
 one pass with atomics.
 
 Its role, from H200 timings (benchmarks/RESULTS.md, "H200"): fp32 without TF32 on sets larger than
-a clip, and fp64. In bf16/fp16 its WMMA tiles are 4-11x slower than Triton's, and for clips Triton
+a clip, and fp64. In bf16/fp16 its WMMA tiles are 7-20x slower than Triton's, and for clips Triton
 (bf16) or the reference (fp32) is faster (``PREFERRED`` says why).
 """
 
@@ -36,8 +36,8 @@ def probe() -> str | None:
 PREFERRED = (
     Preference(
         "fp32 (IEEE) sets larger than a clip: measured on an H200 faster than the Triton kernels' fp32 "
-        "FMA tiles (fwd+bwd 1.5x at the paper shape, 1.9x at N = 1024; about 1.15x expected at the paper "
-        "shape since Triton's fp32 forward slice was widened), at under 1/100 of the reference's memory",
+        "FMA tiles (fwd+bwd 1.13x at the paper shape, 1.6x at N = 1024), at under 1/100 of the "
+        "reference's memory",
         devices=("cuda",),
         dtypes=(torch.float32,),
         min_items=SMALL_SET_ITEMS + 1,

@@ -20,7 +20,7 @@ BACKEND = Backend(
     preferred=(
         Preference(
             "fp32 (IEEE) clips: a clip's pairs are few, and cuBLAS's fp32 products were measured on an H200 "
-            "at 1x (T = 8) to 2.8x (T = 16) the speed of the fused kernels' FMA tiles",
+            "at 0.9-1x (T = 8, host-bound) and 1.7-2.8x (T = 16-32) the speed of the fused kernels' FMA tiles",
             devices=("cuda",),
             dtypes=(torch.float32,),
             max_items=SMALL_SET_ITEMS,
