@@ -155,3 +155,15 @@ def test_the_launch_sweep_checks_and_times_every_variant_in_dry_mode(tmp_path):
         assert row["status"] == "ok", row
         assert max(row["errors"]) < 1e-5 and row["time_ms"] > 0, row
         assert row["bitwise_repeat"] or row["kind"] != "bwd_det", row
+
+
+def test_host_profile_times_each_stage_of_a_call_and_ranks_the_host_work(capsys):
+    """benchmarks/host_profile.py (a device session's third command) in a CPU run: every stage's
+    host time, then the op table and the Python profile."""
+    import host_profile
+
+    assert host_profile.main(["--batch", "2", "--frames", "3", "--calls", "1", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("forward and backward", "forward", "kernels module forward", "kernels module backward"):
+        assert f"host ms, {stage} " in out, out
+    assert "host time per op and runtime call" in out and "by tottime" in out and "by cumulative" in out
