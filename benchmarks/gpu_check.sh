@@ -11,6 +11,7 @@
 #   time            bf16 matmul peak and copy bandwidth; triton vs reference vs torch.compile(reference)
 #   train           two training steps of configs/synthetic.yaml in the paper's relu/relu form (the fused
 #                   kernels; bf16 autocast, nccl, torchrun with one process), then its evaluation
+#   host            where the host's time goes in one call of RGTR clips (benchmarks/host_profile.py)
 #   build_wait      waits for the build
 #   cuda            the cuda backend: smoke check, then its timing rows
 #   gpu_tests       pytest -m gpu
@@ -35,11 +36,12 @@ ROOT=$PWD
 PY=${PY:-python3}
 # Caps in seconds for an H100; --dry (a CPU, the Triton interpreter) scales them and the deadline by 3.
 SCALE=${GPU_CHECK_CAP_SCALE:-$((DRY ? 3 : 1))}
-DEADLINE=$((430 * SCALE))
+DEADLINE=$((445 * SCALE))
 CAP_PREFLIGHT=$((20 * SCALE))
 CAP_SMOKE=$((30 * SCALE))
 CAP_TIME=$((130 * SCALE))
 CAP_TRAIN=$((40 * SCALE))
+CAP_HOST=$((15 * SCALE))
 CAP_BUILD_WAIT=$((20 * SCALE))
 CAP_CUDA=$((45 * SCALE))
 CAP_GPU_TESTS=$((15 * SCALE))
@@ -48,10 +50,10 @@ CAP_TRITON_TESTS=$((45 * SCALE))
 CAP_MEMCHECK=$((15 * SCALE))
 CAP_RACECHECK=$((30 * SCALE))
 CAP_REPORT=$((15 * SCALE))
-# These add up to 425 s (scaled), under the deadline.
+# These add up to 440 s (scaled), under the deadline.
 # Started after preflight, the build must end by the end of build_wait. --dry may compile the C++
 # kernels from scratch on a slow CPU: there build_wait waits as long as the build may run.
-CAP_BUILD=$((CAP_SMOKE + CAP_TIME + CAP_TRAIN + CAP_BUILD_WAIT))
+CAP_BUILD=$((CAP_SMOKE + CAP_TIME + CAP_TRAIN + CAP_HOST + CAP_BUILD_WAIT))
 if [ $DRY = 1 ]; then CAP_BUILD_WAIT=$CAP_BUILD; fi
 
 WORK=$(mktemp -d /tmp/gpu_check.XXXXXX)
@@ -61,12 +63,14 @@ export TORCH_CUDA_ARCH_LIST=9.0
 DRYFLAG=()
 if [ $DRY = 1 ]; then
   DRYFLAG=(--dry)
+  HOST_SIZE=(--batch 2 --calls 1 --top 5)  # the interpreter runs the kernels: a tiny call
   export TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES=""
   NATIVE=cpu  # the backend that needs the build: cuda on a GPU, the C++ CPU kernels here
   export MAX_JOBS=${MAX_JOBS:-1}
   ONLY=" and rows_without_valid_keys"  # one test per backend: the interpreter is slow
 else
   NATIVE=cuda
+  HOST_SIZE=()
   ONLY=""
 fi
 START=$SECONDS
@@ -128,7 +132,7 @@ stop_build() {  # stop_build: end the build if it still runs (timeout passes the
 # -- smoke and timings while it builds ------------------------------------------------------------
 if ((GPU_OK != 0)); then
   echo "preflight failed: no GPU; the other steps are skipped"
-  for name in build smoke time train cuda gpu_tests cuda_tests triton_tests memcheck racecheck; do
+  for name in build smoke time train host cuda gpu_tests cuda_tests triton_tests memcheck racecheck; do
     record $name "skipped: preflight failed" "" 0 ""
   done
   BUILD_PID=""
@@ -141,6 +145,7 @@ else
     --dir "$WORK" "${DRYFLAG[@]}"
 
   FASTREL_TRITON_AUTOTUNE=0 step train $CAP_TRAIN "$PY" benchmarks/gpu_check.py train --dir "$WORK" "${DRYFLAG[@]}"
+  step host $CAP_HOST "$PY" benchmarks/host_profile.py "${HOST_SIZE[@]}"
 
   began=$SECONDS
   while kill -0 $BUILD_PID 2>/dev/null && ((SECONDS - began < CAP_BUILD_WAIT)); do sleep 1; done

@@ -86,7 +86,7 @@ def _backward_pass(grad, a, b, weight, bias, key_mask, inner, outer, backend, de
 
 def _direct(a: Tensor) -> bool:
     """Whether an eager call runs its backend directly instead of through the custom op, whose
-    dispatcher wrapper costs a GPU host about as much time as a batch of RGTR clips' kernels
+    dispatcher wrapper was the largest item of a GPU host's time per call of RGTR clips
     (benchmarks/host_profile.py): not for tensor subclasses, under torch.func transforms (the op's
     vmap rule) or under dispatch modes (fake tensors, tracing)."""
     return (

@@ -17,7 +17,7 @@ a slice of dW_r stays on chip for the program's whole walk. One pass, the row pa
 rows and loops over keys: dz = m σ'(z) G/n, dp = dz W_r, du = δ'(d) ⊙ dp; da_i = Σ_j du
 accumulates in registers, dW_r and dβ_r in per-program fp32 partials, and db_j = −Σ_i du is added
 with relaxed atomics: into db in fast mode, into program-private slabs in deterministic mode,
-where the host then sums every partial in a fixed order.
+where every partial is then summed in a fixed order (the slabs by a second kernel).
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def _sum_slabs(slabs: Tensor, B: int, n_blocks: int, programs: int) -> Tensor:
     grid = (B * launch.cdiv(M * H, block),)
     with launch.on_device(slabs):
         sum_slabs_kernel[grid](
-            slabs, db, B, M * H, count, slices, n_blocks, launch.cdiv(B * n_blocks, programs), BLOCK=block
+            slabs, db, M * H, count, slices, n_blocks, launch.cdiv(B * n_blocks, programs), BLOCK=block
         )
     return db
 

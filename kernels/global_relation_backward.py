@@ -156,7 +156,7 @@ def backward_rows_kernel(
     added by relaxed atomics into db:
     into db itself (B, M, H), or with PRIVATE_DB into slabs that no other program touches
     ((R slices, programs + B − 1, M, H), slab program + batch element), so that each address sums its
-    terms in the program's order (deterministic mode; the host adds the slabs in a fixed order)."""
+    terms in the program's order (deterministic mode; sum_slabs_kernel adds the slabs in a fixed order)."""
     program = tl.program_id(0)
     HALF: tl.constexpr = BLOCK_H // 2
     h0, h1, r, w0, w1, bias = _slice_operands(w_ptr, bias_ptr, R, H, HAS_BIAS, ACC, BLOCK_H, BLOCK_R)
@@ -214,7 +214,7 @@ def backward_rows_kernel(
 
 
 @triton.jit
-def sum_slabs_kernel(slabs_ptr, db_ptr, B, M_H, SLABS, SLICES, N_BLOCKS, PER_PROGRAM, BLOCK: tl.constexpr):
+def sum_slabs_kernel(slabs_ptr, db_ptr, M_H, SLABS, SLICES, N_BLOCKS, PER_PROGRAM, BLOCK: tl.constexpr):
     """db (B, M·H) from deterministic mode's slabs (SLICES, SLABS, M·H): program p walked the items
     [p·PER_PROGRAM, (p + 1)·PER_PROGRAM) (item = batch element · N_BLOCKS + row block) and added batch
     element e's terms into slab p + e. One program per (e, BLOCK columns) adds them in a fixed order:

@@ -135,8 +135,8 @@ def test_the_whole_dry_run_passes_and_returns_at_most_eight_files(tmp_path):
     assert files == ["gpu_check.json", "gpu_check_logs.tar.gz", "gpu_check_rows.csv"]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     steps = {s["name"]: s["status"] for s in result["steps"]}
-    expected = ["preflight", "smoke", "time", "train", "build", "build_wait", "cuda", "gpu_tests", "cuda_tests",
-                "triton_tests", "memcheck", "racecheck"]
+    expected = ["preflight", "smoke", "time", "train", "host", "build", "build_wait", "cuda", "gpu_tests",
+                "cuda_tests", "triton_tests", "memcheck", "racecheck"]
     assert sorted(steps) == sorted(expected), steps
     assert all(status == "ok" or status.startswith("dry") for status in steps.values()), steps
     assert {r["impl"] for r in result["rows"] if r["status"] == "ok"} == {
