@@ -220,6 +220,28 @@ def test_functorch_reverse_mode_and_vmap_match_autograd_on_the_reference(name, e
     assert rel_error(result, expected) <= (1e-9 if a.dtype == torch.float64 else 5e-5), entry
 
 
+def test_eager_calls_run_the_backend_directly_and_fake_tensors_take_the_custom_op(monkeypatch):
+    """Plain eager calls skip the custom op's dispatcher wrapper (host time per call); a dispatch mode
+    (here fake tensors, as tracing uses) must still reach the op and its registered fake."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fastrel import ops
+
+    calls = []
+    for name in ("_global_relation", "_global_relation_backward"):
+        op = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *args, op=op, name=name: calls.append(name) or op(*args))
+    a, b, weight = (torch.randn(2, 5, 4, requires_grad=True), torch.randn(2, 3, 4), torch.randn(6, 4))
+    out = fastrel.global_relation(a, b, weight, backend="reference")
+    out.sum().backward()
+    assert calls == [] and a.grad is not None
+    mode = FakeTensorMode()
+    fakes = [mode.from_tensor(x) for x in (a.detach(), b, weight)]
+    with mode:
+        fake = fastrel.global_relation(*fakes, backend="reference")
+    assert calls == ["_global_relation"] and fake.shape == (2, 5, 6)
+
+
 # ------------------------------------------------------------------------------------------------
 # Options checked when they are given, with the op's messages.
 
