@@ -220,16 +220,16 @@ def backward(
             (*inputs, da_part, dw_part, dbias_part, db, B, N, M, H, R, launch.size_class(N, M)), meta,
         )  # fmt: skip
     if deterministic:
-        db = _sum_slabs(db, B, launch.cdiv(N, tile[0]), programs)
+        db = _sum_slabs(db, B, launch.cdiv(N, tile[0]), programs, b.dtype)
     da = da_part.sum(dim=0).to(a.dtype) if slices > 1 else da_part[0]
     return da, db.to(b.dtype), dw_part.sum(dim=0).to(weight.dtype), dbias_part.sum(dim=0).to(weight.dtype)
 
 
-def _sum_slabs(slabs: Tensor, B: int, n_blocks: int, programs: int) -> Tensor:
-    """db (B, M, H) from the deterministic row pass's slabs (slices, programs + B − 1, M, H), summed in
-    a fixed order by one launch (sum_slabs_kernel)."""
+def _sum_slabs(slabs: Tensor, B: int, n_blocks: int, programs: int, dtype: torch.dtype) -> Tensor:
+    """db (B, M, H) in ``dtype`` from the deterministic row pass's slabs (slices, programs + B − 1, M, H),
+    summed in a fixed order by one launch (sum_slabs_kernel)."""
     slices, count, M, H = slabs.shape
-    db = slabs.new_empty(B, M, H)
+    db = slabs.new_empty(B, M, H, dtype=dtype)
     block = min(1024, launch.pow2(M * H))
     grid = (B * launch.cdiv(M * H, block),)
     with launch.on_device(slabs):

@@ -218,15 +218,15 @@ def sum_slabs_kernel(slabs_ptr, db_ptr, M_H, SLABS, SLICES, N_BLOCKS, PER_PROGRA
     """db (B, M·H) from deterministic mode's slabs (SLICES, SLABS, M·H): program p walked the items
     [p·PER_PROGRAM, (p + 1)·PER_PROGRAM) (item = batch element · N_BLOCKS + row block) and added batch
     element e's terms into slab p + e. One program per (e, BLOCK columns) adds them in a fixed order:
-    slices, then the programs that cover e, in program order."""
+    slices, then the programs that cover e, in program order; db in the slabs' dtype or rounded to b's."""
     col_blocks = tl.cdiv(M_H, BLOCK)
     e = tl.program_id(0) // col_blocks
     cols = (tl.program_id(0) % col_blocks) * BLOCK + tl.arange(0, BLOCK)
     first = e * N_BLOCKS // PER_PROGRAM
     last = ((e + 1) * N_BLOCKS - 1) // PER_PROGRAM
-    acc = tl.zeros((BLOCK,), dtype=db_ptr.dtype.element_ty)
+    acc = tl.zeros((BLOCK,), dtype=slabs_ptr.dtype.element_ty)
     for s in range(SLICES):
         for p in range(first, last + 1):
             slab = (s * SLABS + p + e).to(tl.int64)
             acc += tl.load(slabs_ptr + slab * M_H + cols, mask=cols < M_H, other=0.0)
-    tl.store(db_ptr + e.to(tl.int64) * M_H + cols, acc, mask=cols < M_H)
+    tl.store(db_ptr + e.to(tl.int64) * M_H + cols, round_to(acc, db_ptr.dtype.element_ty), mask=cols < M_H)
