@@ -54,7 +54,7 @@ BACKEND = Backend(
     deterministic=True,
     preferred=(
         Preference(
-            "bf16/fp16 at every size: measured fastest on an H200 at the paper shape (fwd+bwd 4.5x the "
+            "bf16/fp16 at every size: measured fastest on an H200 at the paper shape (fwd+bwd 4.7x the "
             "reference, 20x the cuda backend), at N = 1024 and 2048, and for clips of T = 8-32 frames "
             "(1.2x the cuda backend at T = 8, 1.4-3x the reference backend)",
             devices=("cuda",),
