@@ -86,8 +86,8 @@ def _backward_pass(grad, a, b, weight, bias, key_mask, inner, outer, backend, de
 
 def _direct(a: Tensor) -> bool:
     """Whether an eager call runs its backend directly instead of through the custom op, whose
-    dispatcher wrapper cost about 0.2 ms of host time per call on an H200 host, as much as an RGTR
-    clip batch's forward kernels (benchmarks/RESULTS.md, run 5): not for tensor subclasses, under
+    dispatcher wrapper cost about 0.2 ms of host time per call on an H200 host (benchmarks/RESULTS.md,
+    run 5), more than an RGTR clip batch's kernels take: not for tensor subclasses, under
     torch.func transforms (the op's vmap rule) or under dispatch modes (fake tensors, tracing)."""
     return (
         type(a) is Tensor
