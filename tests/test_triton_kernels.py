@@ -167,8 +167,9 @@ def test_backward_tile_and_r_slice_follow_the_device_capability(monkeypatch, cap
     (128, 128, launch.BACKWARD_FIXED), (256, 128, launch.BACKWARD_FIXED), (256, 32, launch.BACKWARD_FIXED_NARROW),
 ])  # fmt: skip
 def test_deterministic_mode_takes_the_four_warp_tile_where_w_r_is_small(sm90, H, block_r, tile):
-    """On sm_90 deterministic mode (no autotuning) runs 2×32 with 4 warps, two programs per SM, when
-    W_r's slice is at most 128 × 64 elements (N = 1024's shape, 2.4× faster there), else 4×16."""
+    """On sm_90 deterministic mode (no autotuning) runs 4×16 with 4 warps, two programs per SM, when
+    W_r's slice is at most 128 × 64 elements (N = 1024's shape, where it was measured faster), else
+    with 8 warps."""
     x = sm90(torch.bfloat16)
     assert launch.backward_tile(x, 1024, 1024, H, block_r, deterministic=True) == (tile, False)
     assert launch.backward_tile(x, 1024, 1024, H, block_r, deterministic=False) == (launch.BACKWARD_FIXED, True)
@@ -227,7 +228,7 @@ def test_the_fp32_forward_tile_matches_the_reference(monkeypatch):
 
 @pytest.mark.parametrize("programs, r_slice", [(1, 32), (2, 16), (3, 32), (5, 16), (11, 32)])
 def test_deterministic_db_is_right_however_the_programs_split_the_batch(monkeypatch, programs, r_slice):
-    """Deterministic mode adds db into one slab per program and batch element; the host sums them.
+    """Deterministic mode adds db into one slab per program and batch element; sum_slabs_kernel sums them.
     Programs that end inside a batch element, that cover several, that have no items (11 programs
     for 9 work items), and two R slices: all give the reference's db."""
     usable(NAME)
