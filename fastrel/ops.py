@@ -136,6 +136,8 @@ def _backward(ctx, grad):
     inputs = (grad, a, b, weight, bias, key_mask, *ctx.options)
     if torch.compiler.is_compiling():
         da, db, dweight, dbias = _global_relation_backward(*inputs)
+    elif not torch.is_grad_enabled() and _direct(grad):  # no graph is built: nothing to refuse later
+        da, db, dweight, dbias = _backward_pass(*inputs)
     else:
         da, db, dweight, dbias = _GlobalRelationBackward.apply(*inputs)
     return da, db, dweight, (dbias if ctx.has_bias else None), None, None, None, None, None

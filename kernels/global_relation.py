@@ -16,8 +16,8 @@ then computed exactly once over all slices (z, dp and dW_r, three dots of the fo
 a slice of dW_r stays on chip for the program's whole walk. One pass, the row pass, owns BLOCK_I
 rows and loops over keys: dz = m σ'(z) G/n, dp = dz W_r, du = δ'(d) ⊙ dp; da_i = Σ_j du
 accumulates in registers, dW_r and dβ_r in per-program fp32 partials, and db_j = −Σ_i du is added
-with relaxed atomics: into db in fast mode, into program-private slabs in deterministic mode,
-where every partial is then summed in a fixed order (the slabs by a second kernel).
+with relaxed atomics: into db in fast mode, into program-private slabs in deterministic mode (summed
+by a second kernel). One more launch sums the partials in a fixed order (sum_parts_kernel).
 """
 
 from __future__ import annotations
@@ -29,7 +29,14 @@ import triton.language as tl
 from fastrel import activations
 from fastrel.kernels import launch
 from fastrel.kernels.activation import activation
-from fastrel.kernels.global_relation_backward import backward_rows_kernel, round_to, sum_slabs_kernel, valid_keys
+from fastrel.kernels.global_relation_backward import (
+    backward_rows_kernel,
+    mean_weight,
+    round_to,
+    sum_parts_kernel,
+    sum_slabs_kernel,
+    valid_keys,
+)
 
 Tensor = torch.Tensor
 
@@ -70,8 +77,8 @@ def _pair_difference(a_tile, b_tile):
 
 @triton.jit
 def _forward_kernel(
-    a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, inv_count_ptr, g_ptr,
-    B, N, M, H, R, SIZE_CLASS,
+    a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, g_ptr,
+    B, N, M, H, R, SIZE_CLASS, inv_m,
     INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     ACC: tl.constexpr, DIFF: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -101,7 +108,8 @@ def _forward_kernel(
                 z += bias[None, :]
             valid = _pair_valid(rows < N, valid_keys(mask_ptr, bat, keys, M, HAS_MASK))
             acc += tl.where(valid[:, None], activation(z, OUTER), 0.0)
-        g = tl.sum(tl.reshape(acc, (BLOCK_I, BLOCK_J, BLOCK_R)), axis=1) * tl.load(inv_count_ptr + bat)
+        scale = mean_weight(mask_ptr, bat, M, inv_m, HAS_MASK, ACC, BLOCK_J, False)
+        g = tl.sum(tl.reshape(acc, (BLOCK_I, BLOCK_J, BLOCK_R)), axis=1) * scale
         tl.store(
             g_ptr + (bat * N + rows[:, None]) * R + r[None, :],
             round_to(g, g_ptr.dtype.element_ty),
@@ -129,13 +137,13 @@ _backward_rows_tuned = triton.autotune(
 # Host functions (called by fastrel.backends.triton and the static check)
 
 
-def _pair_meta(a: Tensor, bias: Tensor | None, m: Tensor | None, inner: str, outer: str) -> dict:
+def _pair_meta(a: Tensor, bias: Tensor | None, key_mask: Tensor | None, inner: str, outer: str) -> dict:
     """Compile-time constants every pair kernel shares."""
     return dict(
         INNER=activations.CODES[inner],
         OUTER=activations.CODES[outer],
         HAS_BIAS=bias is not None,
-        HAS_MASK=m is not None,
+        HAS_MASK=key_mask is not None,
         ACC=launch.acc_dtypes(a.dtype)[1],
         DIFF=launch.diff_dtype(a.dtype, inner),
         DOT=launch.dot_dtype(a.dtype),
@@ -143,13 +151,10 @@ def _pair_meta(a: Tensor, bias: Tensor | None, m: Tensor | None, inner: str, out
     )
 
 
-def _key_weights(key_mask: Tensor | None, a: Tensor, M: int) -> tuple[Tensor | None, Tensor]:
-    """(the key mask as bytes, a view, or None; 1 / max(Σ_j m_j, 1) per batch element in the
-    accumulation dtype): few launches, as a small set's call is bound by the host's time."""
-    acc, _ = launch.acc_dtypes(a.dtype)
-    if key_mask is None:
-        return None, torch.full((a.shape[0],), 1.0 / max(M, 1), dtype=acc, device=a.device)
-    return key_mask.view(torch.uint8), torch.sum(key_mask, dim=1, dtype=acc).clamp_(min=1).reciprocal_()
+def _key_mask(key_mask: Tensor | None, fallback: Tensor) -> Tensor:
+    """The key mask as the kernels read it: bytes, a view of the bool tensor (no launch), or any
+    tensor where there is none (HAS_MASK is then False and the kernels never read it)."""
+    return key_mask.view(torch.uint8) if key_mask is not None else fallback
 
 
 def forward(
@@ -158,17 +163,16 @@ def forward(
     """g (B, N, R) in a's dtype; inputs contiguous, weight/bias in a's dtype, key_mask bool or None."""
     B, N, H = a.shape
     M, R = b.shape[1], weight.shape[0]
-    m, inv_count = _key_weights(key_mask, a, M)
     g = torch.empty(B, N, R, dtype=a.dtype, device=a.device)
     if g.numel() == 0:
         return g
     tile, tune = launch.forward_tile(a, N, M)
     block_r = launch.r_slice(a, R, H, forward=True, one_step=launch.small_set_tile(N, M) is not None)
     grid = (launch.programs(a, B * N), launch.cdiv(R, block_r))
-    args = (a, b, weight, bias if bias is not None else weight, m if m is not None else inv_count, inv_count, g)
-    meta = dict(_pair_meta(a, bias, m, inner, outer), BLOCK_H=launch.pow2(H), BLOCK_R=block_r)
+    args = (a, b, weight, bias if bias is not None else weight, _key_mask(key_mask, a), g)
+    meta = dict(_pair_meta(a, bias, key_mask, inner, outer), BLOCK_H=launch.pow2(H), BLOCK_R=block_r)
     with launch.on_device(a):
-        sizes = (B, N, M, H, R, launch.size_class(N, M))
+        sizes = (B, N, M, H, R, launch.size_class(N, M), 1.0 / max(M, 1))
         launch.launch(_forward_kernel, _forward_tuned, grid, tile, tune, (*args, *sizes), meta)
     return g
 
@@ -184,16 +188,16 @@ def backward(
     outer: str,
     deterministic: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(da, db, dweight, dbias) in one pass over the pairs. Deterministic: a fixed tile, db added
-    into program-private slabs, and every partial summed in a fixed order: bitwise reproducible across
-    runs and processes on one device model. Otherwise autotuned, db added into db by relaxed atomics."""
+    """(da, db, dweight, dbias) in one pass over the pairs and one launch summing its partials.
+    Deterministic: a fixed tile, db added into program-private slabs, and every partial summed in
+    a fixed order: bitwise reproducible across runs and processes on one device model. Otherwise
+    autotuned, db added into db by relaxed atomics."""
     B, N, H = a.shape
     M, R = b.shape[1], weight.shape[0]
-    m, inv_count = _key_weights(key_mask, a, M)
     if B * N * M * R == 0:
         return torch.zeros_like(a), torch.zeros_like(b), torch.zeros_like(weight), weight.new_zeros(R)
     if H == 0:
-        return _no_hidden_backward(grad, a, b, weight, bias, m, inv_count, outer)
+        return _no_hidden_backward(grad, a, b, weight, bias, key_mask, outer)
     acc, _ = launch.acc_dtypes(a.dtype)
     block_r = launch.r_slice(a, R, H, forward=False, one_step=launch.small_set_tile(N, M) is not None)
     slices = launch.cdiv(R, block_r)
@@ -204,11 +208,10 @@ def backward(
     da_part = torch.empty(slices, B, N, H, dtype=acc if slices > 1 else a.dtype, device=a.device)
     # The atomics add into db: zeroed here, or by the autotuned launch's pre-hook before every run.
     db = (torch.empty if tune and launch.autotuning() else torch.zeros)(*slabs, M, H, dtype=acc, device=a.device)
-    dw_part = torch.empty(programs, R, H, dtype=acc, device=a.device)
-    dbias_part = torch.empty(programs, R, dtype=acc, device=a.device)
-    inputs = (a, b, weight, bias if bias is not None else weight, m if m is not None else inv_count, inv_count, grad)
+    w_part = torch.empty(programs, R * H + R, dtype=acc, device=a.device)  # per program: dW_r, then dβ_r
+    inputs = (a, b, weight, bias if bias is not None else weight, _key_mask(key_mask, a), grad)
     meta = dict(
-        _pair_meta(a, bias, m, inner, outer),
+        _pair_meta(a, bias, key_mask, inner, outer),
         BLOCK_H=launch.pow2(H, 2 * launch.MIN_DOT),
         BLOCK_R=block_r,
         PRIVATE_DB=deterministic,
@@ -217,12 +220,36 @@ def backward(
     with launch.on_device(a):
         launch.launch(
             backward_rows_kernel, _backward_rows_tuned, (programs, slices), tile, tune,
-            (*inputs, da_part, dw_part, dbias_part, db, B, N, M, H, R, launch.size_class(N, M)), meta,
+            (*inputs, da_part, w_part, db, B, N, M, H, R, launch.size_class(N, M), 1.0 / max(M, 1)), meta,
         )  # fmt: skip
     if deterministic:
         db = _sum_slabs(db, B, launch.cdiv(N, tile[0]), programs, b.dtype)
-    da = da_part.sum(dim=0).to(a.dtype) if slices > 1 else da_part[0]
-    return da, db.to(b.dtype), dw_part.sum(dim=0).to(weight.dtype), dbias_part.sum(dim=0).to(weight.dtype)
+    return _sum_parts(w_part, da_part, db, a.dtype)
+
+
+def _sum_parts(w_part: Tensor, da_part: Tensor, db: Tensor, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """(da, db, dweight, dbias) in ``dtype`` (the inputs' one) from the row pass's partials, in one
+    launch (sum_parts_kernel): dW_r and dβ_r summed over programs, da over R slices (where there are
+    several), db cast (where it is still fp32); each sum in a fixed order."""
+    programs = w_part.shape[0]
+    slices, B, N, H = da_part.shape
+    R = w_part.shape[1] // (H + 1)
+    dw, dbias = w_part.new_empty(R, H, dtype=dtype), w_part.new_empty(R, dtype=dtype)
+    jobs = []
+    da = da_part[0]
+    if slices > 1:
+        da = da_part.new_empty(B, N, H, dtype=dtype)
+        jobs.append((da_part, da, slices, da.numel()))
+    if db.dtype != dtype:
+        db, db_part = db.new_empty(db.shape, dtype=dtype), db
+        jobs.append((db_part, db, 1, db.numel()))
+    jobs += [(dw, dw, 0, 0)] * (2 - len(jobs))  # no blocks
+    block = launch.SUM_BLOCK
+    grid = (launch.cdiv(R * H + R, block) + sum(launch.cdiv(numel, block) for *_, numel in jobs),)
+    args = (w_part, dw, dbias, programs, R * H, R, *(x for job in jobs for x in job))
+    with launch.on_device(w_part):
+        sum_parts_kernel[grid](*args, BLOCK=block, ROWS=launch.SUM_ROWS)
+    return da, db, dw, dbias
 
 
 def _sum_slabs(slabs: Tensor, B: int, n_blocks: int, programs: int, dtype: torch.dtype) -> Tensor:
@@ -239,10 +266,12 @@ def _sum_slabs(slabs: Tensor, B: int, n_blocks: int, programs: int, dtype: torch
     return db
 
 
-def _no_hidden_backward(grad, a, b, weight, bias, m, inv_count, outer):
+def _no_hidden_backward(grad, a, b, weight, bias, key_mask, outer):
     """H = 0: z = β_r for every pair, so dβ_r = σ'(β_r) ⊙ Σ_{b,i} G_i [row has a valid key]."""
-    beta = bias.to(inv_count.dtype) if bias is not None else inv_count.new_zeros(weight.shape[0])
-    keyed = m.amax(dim=1).to(inv_count.dtype) if m is not None else torch.ones_like(inv_count)  # M > 0 here
-    rows = (grad.to(inv_count.dtype) * keyed[:, None, None]).sum(dim=(0, 1))
-    dbias = activations.derivative(beta, outer) * rows
+    acc, _ = launch.acc_dtypes(a.dtype)
+    beta = bias.to(acc) if bias is not None else weight.new_zeros(weight.shape[0], dtype=acc)
+    rows = grad.to(acc)
+    if key_mask is not None:  # M > 0 here
+        rows = rows * key_mask.any(dim=1).to(acc)[:, None, None]
+    dbias = activations.derivative(beta, outer) * rows.sum(dim=(0, 1))
     return torch.zeros_like(a), torch.zeros_like(b), torch.zeros_like(weight), dbias.to(weight.dtype)

@@ -65,6 +65,33 @@ def valid_keys(mask_ptr, bat, keys, M, HAS_MASK: tl.constexpr):
 
 
 @triton.jit
+def mean_weight(
+    mask_ptr, bat, M, inv_m, HAS_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, ONE_BLOCK: tl.constexpr
+):  # fmt: skip
+    """1 / max(Σ_j m_j, 1) of batch element ``bat`` in ACC. Under a key mask it is counted here, in
+    blocks of BLOCK keys (ONE_BLOCK: M ≤ BLOCK, a loop of one constant step), so that a call issues no
+    host-side reduction (an RGTR clip batch's kernels take less time than the host needs to issue a
+    launch); without one it is the host's ``inv_m`` = 1 / max(M, 1), an fp32 argument (fp64, which
+    only the interpreter runs, divides here)."""
+    count = M
+    if HAS_MASK:
+        count = 0
+        end = M
+        if ONE_BLOCK:
+            end = 1
+        for j0 in range(0, end, BLOCK):
+            count += tl.sum(valid_keys(mask_ptr, bat, j0 + tl.arange(0, BLOCK), M, True).to(tl.int32))
+    count = tl.maximum(count, 1).to(ACC)
+    if ACC == tl.float64:
+        weight = 1.0 / count
+    elif HAS_MASK:  # fp32 "/" divides approximately on GPUs; the reciprocal is rounded
+        weight = tl.math.div_rn(tl.full((), 1.0, ACC), count)
+    else:
+        weight = tl.cast(inv_m, ACC)
+    return weight
+
+
+@triton.jit
 def _slice_operands(w_ptr, bias_ptr, R, H, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
                     BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr):  # fmt: skip
     """(h0, h1, r, w0, w1, β_r) of R slice ``program_id(1)``: the H halves, the slice's rows, its
@@ -142,9 +169,9 @@ def _row_half_step(
 
 @triton.jit
 def backward_rows_kernel(
-    a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, inv_count_ptr, grad_ptr,
-    da_part_ptr, dw_part_ptr, dbias_part_ptr, db_ptr,
-    B, N, M, H, R, SIZE_CLASS,
+    a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, grad_ptr,
+    da_part_ptr, w_part_ptr, db_ptr,
+    B, N, M, H, R, SIZE_CLASS, inv_m,
     PRIVATE_DB: tl.constexpr, ONE_KEY_TILE: tl.constexpr,
     INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     ACC: tl.constexpr, DIFF: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
@@ -152,7 +179,7 @@ def backward_rows_kernel(
 ):  # fmt: skip
     """Row pass of R slice ``program_id(1)``: for each work item (batch element, BLOCK_I rows), the
     slice's share of da (da_part, (R slices, B, N, H), fp32; with one slice, da itself); this
-    program's dW_r and dβ_r partials (dw_part (programs, R, H), dbias_part (programs, R)); −Σ_i du
+    program's dW_r and dβ_r partials (w_part (programs, R·H + R): dW_r, then dβ_r); −Σ_i du
     added by relaxed atomics into db:
     into db itself (B, M, H), or with PRIVATE_DB into slabs that no other program touches
     ((R slices, programs + B − 1, M, H), slab program + batch element), so that each address sums its
@@ -177,7 +204,8 @@ def backward_rows_kernel(
         if PRIVATE_DB:
             slab += tl.program_id(1) * (tl.num_programs(0) + B - 1) + program
         rows = (item % n_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
-        dg = _load_t(grad_ptr, bat, rows, rows < N, N, r, R).to(ACC) * tl.load(inv_count_ptr + bat)
+        scale = mean_weight(mask_ptr, bat, M, inv_m, HAS_MASK, ACC, BLOCK_J, ONE_KEY_TILE)
+        dg = _load_t(grad_ptr, bat, rows, rows < N, N, r, R).to(ACC) * scale
         da0 = tl.zeros((HALF, BLOCK_I), dtype=ACC)
         da1 = tl.zeros((HALF, BLOCK_I), dtype=ACC)
         # A small set (an RGTR clip) is one key tile: a loop of one constant step, which the
@@ -208,9 +236,10 @@ def backward_rows_kernel(
         _store_t(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h1, H, round_to(da1, da_dtype))
     # Stored as dW_rᵀ tiles: Triton 3.6 then keeps no store offset across the walk (the row-major
     # store's were spilled in fast mode).
-    _store_t(dw_part_ptr, program, r, R, h0, H, tl.trans(dw0))
-    _store_t(dw_part_ptr, program, r, R, h1, H, tl.trans(dw1))
-    tl.store(dbias_part_ptr + program * R + r, dbias_acc, mask=r < R)
+    w_part = w_part_ptr + program * (R * H + R)
+    _store_t(w_part, 0, r, R, h0, H, tl.trans(dw0))
+    _store_t(w_part, 0, r, R, h1, H, tl.trans(dw1))
+    tl.store(w_part + R * H + r, dbias_acc, mask=r < R)
 
 
 @triton.jit
@@ -230,3 +259,41 @@ def sum_slabs_kernel(slabs_ptr, db_ptr, M_H, SLABS, SLICES, N_BLOCKS, PER_PROGRA
             slab = (s * SLABS + p + e).to(tl.int64)
             acc += tl.load(slabs_ptr + slab * M_H + cols, mask=cols < M_H, other=0.0)
     tl.store(db_ptr + e.to(tl.int64) * M_H + cols, round_to(acc, db_ptr.dtype.element_ty), mask=cols < M_H)
+
+
+@triton.jit
+def _sum_block(parts_ptr, out_ptr, count, numel, tail_ptr, split, block, BLOCK: tl.constexpr, ROWS: tl.constexpr):
+    """Columns ``block`` of Σ_c parts[c, :] rounded to the output dtype: those before ``split`` into
+    out, the rest into tail (two outputs of one partial row). The rows are read ROWS at a time (loads
+    in flight: the programs' dW_r rows are few columns deep and hundreds of rows long) and summed in a
+    fixed order, so that a deterministic backward stays bitwise reproducible."""
+    cols = block * BLOCK + tl.arange(0, BLOCK)
+    rows = tl.arange(0, ROWS)
+    acc = tl.zeros((BLOCK,), dtype=parts_ptr.dtype.element_ty)
+    for c0 in range(0, count, ROWS):
+        c = (c0 + rows).to(tl.int64)
+        ok = (c < count)[:, None] & (cols < numel)[None, :]
+        acc += tl.sum(tl.load(parts_ptr + c[:, None] * numel + cols[None, :], mask=ok, other=0.0), axis=0)
+    tl.store(out_ptr + cols, round_to(acc, out_ptr.dtype.element_ty), mask=cols < split)
+    tl.store(tail_ptr + (cols - split), round_to(acc, tail_ptr.dtype.element_ty), mask=(cols >= split) & (cols < numel))
+
+
+@triton.jit
+def sum_parts_kernel(
+    w_part_ptr, dw_ptr, dbias_ptr, programs, RH, R,
+    parts1_ptr, out1_ptr, count1, numel1, parts2_ptr, out2_ptr, count2, numel2,
+    BLOCK: tl.constexpr, ROWS: tl.constexpr,
+):  # fmt: skip
+    """The backward's last step in one launch, each sum in a fixed order and rounded to its output's
+    dtype: dW_r (R·H) and dβ_r (R) from the programs' rows of w_part, then two sums over a leading
+    dim (count, numel): da over R slices and db's cast (count 1; numel 0 where there is none).
+    Programs cover the first job's blocks of BLOCK columns, then the second's, then the third's."""
+    block = tl.program_id(0)
+    blocks0 = tl.cdiv(RH + R, BLOCK)
+    blocks1 = tl.cdiv(numel1, BLOCK)
+    if block < blocks0:
+        _sum_block(w_part_ptr, dw_ptr, programs, RH + R, dbias_ptr, RH, block, BLOCK, ROWS)
+    elif block < blocks0 + blocks1:
+        _sum_block(parts1_ptr, out1_ptr, count1, numel1, out1_ptr, numel1, block - blocks0, BLOCK, ROWS)
+    else:
+        _sum_block(parts2_ptr, out2_ptr, count2, numel2, out2_ptr, numel2, block - blocks0 - blocks1, BLOCK, ROWS)

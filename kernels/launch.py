@@ -83,6 +83,13 @@ IEEE_BACKWARD_TILE: Tile = (8, 2, 8, 1)
 IEEE_FORWARD_TILE: Tile = (2, 32, 8, 2)
 
 
+#: sum_parts_kernel: columns per program, and partial rows read per step (loads in flight: at the
+#: paper shape dW_r and dβ_r are 32 896 columns of 264 program rows on an H200, so 65 programs each
+#: walk all 264 rows; 8 rows at a time make 33 steps of 8 independent loads).
+SUM_BLOCK = 512
+SUM_ROWS = 8
+
+
 def autotuning() -> bool:
     """Autotune on GPUs unless FASTREL_TRITON_AUTOTUNE=0 (one fixed tile, fewer compilations)."""
     return not interpreting() and os.environ.get("FASTREL_TRITON_AUTOTUNE", "1") != "0"

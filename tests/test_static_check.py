@@ -33,18 +33,20 @@ import static_check  # noqa: E402
 #:   compiles it at 1.7 KB (not timed);
 #: - an RGTR clip's IEEE fp32 forward with R = 64 (8x8/8-warp, one step): 1.8x faster kernels
 #:   than the spill-free R = 16 (timed at 1.9 KB; reading the key mask as bytes took it to 3.6 KB).
+#: The TF32 16x4 backward (368 B) and that clip forward (3576 B) moved by 16-20 B when the mean's
+#: weight and the partial sums moved into the kernels (none of the bf16 launches moved).
 ALLOWED_SPILL_BYTES: dict[tuple[str, str], int] = {
     ("_forward_kernel", "4x16x256x128 w4 s2"): 1120,
     ("_forward_kernel", "8x16x256x128 w4 s2"): 1940,
     ("_forward_kernel", "8x16x128x64 w4 s2"): 20,
     ("_forward_kernel", "8x16x256x128 w8 s2"): 928,
-    ("_forward_kernel", "8x8x256x64 w8 s2"): 3576,
+    ("_forward_kernel", "8x8x256x64 w8 s2"): 3596,
     ("backward_rows_kernel", "4x16x256x128 w8 s1"): 436,
     ("backward_rows_kernel", "16x4x256x128 w8 s1"): 436,
     ("backward_rows_kernel", "4x16x256x128 w4 s1"): 3776,
     ("backward_rows_kernel", "4x16x128x64 w4 s1"): 64,
     ("backward_rows_kernel", "4x16x256x32 w8 s1"): 212,
-    ("backward_rows_kernel", "16x4x256x32 w8 s1"): 368,
+    ("backward_rows_kernel", "16x4x256x32 w8 s1"): 384,
     ("backward_rows_kernel", "4x16x256x32 w4 s1"): 1728,
 }
 ARCHS = (90, 80)

@@ -268,3 +268,57 @@ def test_the_autotuners_key_sets_by_size_class_not_by_exact_length():
     for tuned in (global_relation._forward_tuned, global_relation._backward_rows_tuned):
         assert "SIZE_CLASS" in tuned.keys and "N" not in tuned.keys and "M" not in tuned.keys
     assert [launch.size_class(n, 8) for n in (1, 16, 17, 100, 128, 129)] == [16, 16, 32, 128, 128, 256]
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("N, M", [(8, 8), (5, 70)])
+def test_the_mean_over_masked_keys_is_counted_in_the_kernels(deterministic, N, M):
+    """The kernels count Σ_j m_j themselves (a clip's one key tile; 70 keys in blocks of 16), with a
+    batch element whose keys are all masked out: output and gradients are the reference's."""
+    usable(NAME)
+    problem = Problem(B=3, N=N, M=M, H=16, R=24, mask="empty_row", seed=5)
+    ours = run(problem, NAME, torch.float64, device_for(NAME), deterministic=deterministic)
+    ref = run(problem, None, torch.float64, "cpu")
+    torch.testing.assert_close(ours[0].cpu(), ref[0], rtol=1e-10, atol=1e-10)
+    for label, x, r in zip(("da", "db", "dweight", "dbias"), ours[1], ref[1]):
+        torch.testing.assert_close(x.cpu(), r, rtol=1e-10, atol=1e-10, msg=label)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_a_call_issues_no_host_side_arithmetic(monkeypatch, deterministic):
+    """Besides its kernels, a masked RGTR-clip call asks the host only for buffers and views, and
+    for db's zeroing in fast mode: no reduction or cast (each would be a launch, and a batch of clips
+    is bound by the host's time to issue them)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fastrel.kernels import global_relation as kernels
+
+    usable(NAME)
+    launches = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(grid)
+
+    monkeypatch.setattr(launch, "launch", lambda kernel, tuned, grid, *args: launches.append(grid))
+    monkeypatch.setattr(kernels, "sum_slabs_kernel", Kernel())
+    monkeypatch.setattr(kernels, "sum_parts_kernel", Kernel())
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    t = Problem(B=6, N=8, M=8, H=16, R=24, mask="ragged", seed=1).tensors(torch.float32, "cpu")
+    inputs = (t["a"], t["b"], t["weight"], t["bias"], t["key_mask"], "relu", "relu")
+    with Ops() as ops:
+        kernels.forward(*inputs)
+        kernels.backward(t["grad"], *inputs, deterministic)
+    allowed = {"empty", "new_empty", "view", "detach", "select", "slice", "zero_", "zeros", "fill_"}
+    assert set(ops.names) <= allowed, ops.names
+    assert sum(name in ("zero_", "zeros", "fill_") for name in ops.names) <= 1, ops.names
+    assert len(launches) == (4 if deterministic else 3), launches
