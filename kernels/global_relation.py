@@ -244,7 +244,7 @@ def _sum_parts(w_part: Tensor, da_part: Tensor, db: Tensor, dtype: torch.dtype) 
         db, db_part = db.new_empty(db.shape, dtype=dtype), db
         jobs.append((db_part, db, 1, db.numel()))
     jobs += [(dw, dw, 0, 0)] * (2 - len(jobs))  # no blocks
-    block = launch.SUM_BLOCK
+    block = launch.sum_parts_block()
     grid = (launch.cdiv(R * H + R, block) + sum(launch.cdiv(numel, block) for *_, numel in jobs),)
     args = (w_part, dw, dbias, programs, R * H, R, *(x for job in jobs for x in job))
     with launch.on_device(w_part):

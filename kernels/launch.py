@@ -85,9 +85,16 @@ IEEE_FORWARD_TILE: Tile = (2, 32, 8, 2)
 
 #: sum_parts_kernel: columns per program, and partial rows read per step (loads in flight: at the
 #: paper shape dW_r and dβ_r are 32 896 columns of 264 program rows on an H200, so 65 programs each
-#: walk all 264 rows; 8 rows at a time make 33 steps of 8 independent loads).
+#: walk all 264 rows; 8 rows at a time make 33 steps of 8 independent loads). The interpreter runs
+#: programs one after another, so there a few wide ones (an RGTR clip call 2x faster).
 SUM_BLOCK = 512
+INTERPRETER_SUM_BLOCK = 16384
 SUM_ROWS = 8
+
+
+def sum_parts_block() -> int:
+    """Columns per program of sum_parts_kernel (SUM_BLOCK; INTERPRETER_SUM_BLOCK under the interpreter)."""
+    return INTERPRETER_SUM_BLOCK if interpreting() else SUM_BLOCK
 
 
 def autotuning() -> bool:

@@ -322,3 +322,22 @@ def test_a_call_issues_no_host_side_arithmetic(monkeypatch, deterministic):
     assert set(ops.names) <= allowed, ops.names
     assert sum(name in ("zero_", "zeros", "fill_") for name in ops.names) <= 1, ops.names
     assert len(launches) == (4 if deterministic else 3), launches
+
+
+@pytest.mark.parametrize("dtype, deterministic", [(torch.float64, True), (torch.bfloat16, False)])
+def test_the_partial_sums_do_not_depend_on_how_programs_split_the_columns(monkeypatch, dtype, deterministic):
+    """sum_parts_kernel with 32 columns per program (dW_r's end inside a block, 11 program rows, two
+    R slices; in bf16 fast mode also db's cast) gives bitwise the one-block sums, and the reference's
+    gradients."""
+    usable(NAME)
+    monkeypatch.setattr(launch, "programs", lambda x, items: 11)
+    monkeypatch.setattr(launch, "r_slice", lambda *args, **kwargs: 16)
+    problem = Problem(B=3, N=10, M=7, H=10, R=24, mask="ragged", seed=4)
+    wide = run(problem, NAME, dtype, device_for(NAME), deterministic=deterministic)
+    monkeypatch.setattr(launch, "INTERPRETER_SUM_BLOCK", 32)
+    narrow = run(problem, NAME, dtype, device_for(NAME), deterministic=deterministic)
+    for label, x, y in zip(("da", "db", "dweight", "dbias"), wide[1], narrow[1]):
+        assert torch.equal(x, y), label
+    if dtype == torch.float64:
+        for label, x, r in zip(("da", "db", "dweight", "dbias"), narrow[1], run(problem, None, dtype, "cpu")[1]):
+            torch.testing.assert_close(x.cpu(), r, rtol=1e-10, atol=1e-10, msg=label)
