@@ -121,6 +121,27 @@ def call_seconds(call: Callable[[], object], device: str) -> float:
     return time.perf_counter() - begin
 
 
+def stream_seconds(call: Callable[[], object], device: str, calls: int) -> float:
+    """Seconds per call of ``calls`` calls issued back to back after one more, the host free to run
+    ahead of the device as in a training loop: the device's time per call where the host keeps up
+    (each call's host preparation hidden behind the kernels before it), else the host's. call_seconds
+    instead starts each call on an idle device, so it also counts the host's preparation before the
+    first launch."""
+    if device != "cuda":
+        begin = time.perf_counter()
+        for _ in range(calls):
+            call()
+        return (time.perf_counter() - begin) / calls
+    call()  # keeps the device busy while the host issues the first timed call
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        call()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / calls
+
+
 def repeat_seconds(
     call: Callable[[], object],
     device: str,

@@ -98,6 +98,7 @@ def test_timing_rows_carry_error_memory_and_skip_reasons_then_the_report_gathers
     for r in ok:
         assert r["rel_err"] < (0.25 if r["dtype"] == "bfloat16" else 1e-5), r  # bf16 sums lose bits
         assert r["time_ms"] > 0 and r["peak_mib"] >= 0 and r["pct_of_matmul_peak"] > 0
+        assert r["stream_ms"] > 0 and r["stream_pct_of_matmul_peak"] > 0
     assert all(r["status"].startswith("skipped: backend 'cuda'") for r in rows if r["impl"] == "cuda")
     # A zero compile budget lets one torch.compile row run, then skips the others with the reason.
     compiled = [r for r in rows if r["impl"] == "compiled"]
