@@ -188,6 +188,7 @@ class LoopReport:
     math_kind: str  # "HGMMA", "HMMA", "FFMA" or "-"
     flops_per_warp: float
     issue_bound: float | None  # share of the dense peak of that instruction class
+    local: int = 0  # spill traffic in the body: LDL and STL instructions
 
 
 def hottest_loop(instructions: list[Instruction], arch: int) -> LoopReport | None:
@@ -224,7 +225,7 @@ def hottest_loop(instructions: list[Instruction], arch: int) -> LoopReport | Non
     bound = None
     if peak_class:
         bound = min(1.0, SUB_PARTITIONS * flops / len(body) / PEAK_PER_SM_CYCLE[arch][peak_class])
-    return LoopReport(len(body), math, kind, flops, bound)
+    return LoopReport(len(body), math, kind, flops, bound, count(body, ("LDL", "STL")))
 
 
 def ctas_per_sm(registers: int, warps: int, shared: int, shared_per_sm: int) -> int:

@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fastrel" / "static_check"
 #: Bump when the analysis changes, so cached rows are recomputed.
-ANALYSIS_VERSION = 2
+ANALYSIS_VERSION = 3
 SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}
 SHARED_PER_SM = {90: 228 * 1024, 80: 164 * 1024}
 
@@ -466,7 +466,7 @@ def violations(row: dict) -> list[str]:
 # Report
 
 COLUMNS = ("arch", "kernel", "variant", "config", "regs", "spill B (st/ld)", "smem KB / limit", "CTA/SM", "MMA",
-           "atomics", "loop instr", "TC instr", "kFLOP/iter", "issue bound", "used by")  # fmt: skip
+           "atomics", "loop instr", "TC instr", "loop spill ops", "kFLOP/iter", "issue bound", "used by")  # fmt: skip
 
 
 def _cells(row: dict) -> list[str]:
@@ -485,6 +485,7 @@ def _cells(row: dict) -> list[str]:
         atomics,
         str(loop.get("instructions", "-")),
         f"{loop['math']} {loop['math_kind']}" if loop else "-",
+        str(loop.get("local", "-")),
         f"{row['kflop_per_iteration']:.0f}" if row.get("kflop_per_iteration") else "-",
         f"{bound:.0%}" if bound is not None else "-",
         "; ".join(row["calls"][:3]) + (f" (+{len(row['calls']) - 3})" if len(row["calls"]) > 3 else ""),

@@ -186,6 +186,10 @@ def backward_rows_kernel(
     terms in the program's order (deterministic mode; sum_slabs_kernel adds the slabs in a fixed order)."""
     program = tl.program_id(0)
     HALF: tl.constexpr = BLOCK_H // 2
+    # Where dW_r's accumulators take half of every thread's registers (all of R = 128 at H = 256),
+    # values hoisted out of the key loop (shared-memory descriptors, offsets) stay live across it
+    # and are spilled and reloaded every step; recomputed in the loop, they cost fewer instructions.
+    KEEP_IN_LOOP: tl.constexpr = BLOCK_R * BLOCK_H >= 128 * 256
     h0, h1, r, w0, w1, bias = _slice_operands(w_ptr, bias_ptr, R, H, HAS_BIAS, ACC, BLOCK_H, BLOCK_R)
     dw0 = tl.zeros((BLOCK_R, HALF), dtype=ACC)
     dw1 = tl.zeros((BLOCK_R, HALF), dtype=ACC)
@@ -213,7 +217,7 @@ def backward_rows_kernel(
         key_end = M
         if ONE_KEY_TILE:
             key_end = 1
-        for j0 in range(0, key_end, BLOCK_J):
+        for j0 in tl.range(0, key_end, BLOCK_J, disable_licm=KEEP_IN_LOOP):
             keys = j0 + tl.arange(0, BLOCK_J)
             # The a-tile is read per step (an L1 hit): hoisted, its copies in the register layouts
             # of the pair tile would stay live across the loop.

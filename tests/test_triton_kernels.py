@@ -20,6 +20,7 @@ from conftest import usable
 import fastrel
 from fastrel import activations
 from fastrel.kernels import launch
+from fastrel.kernels.activation import RELU, pair_activation
 from fastrel.kernels.global_relation_backward import round_to
 
 NAME = "triton"
@@ -110,6 +111,33 @@ def test_round_to_bf16_is_round_to_nearest_even_as_in_pytorch():
     expected = x.bfloat16().float()
     assert torch.equal(out.isnan(), expected.isnan())
     assert torch.equal(out[5:], expected[5:]) and torch.equal(out[1:4], expected[1:4])
+
+
+@triton.jit
+def _pair_relu(a_ptr, b_ptr, out_ptr, n: tl.constexpr, DIFF: tl.constexpr):
+    """The forward's pair tile: δ(a_i − b_j) in DIFF, rounded to the inputs' dtype."""
+    i = tl.arange(0, n)
+    a, b = tl.load(a_ptr + i).to(DIFF), tl.load(b_ptr + i).to(DIFF)
+    p = pair_activation(a[:, None], b[None, :], RELU)
+    tl.store(out_ptr + i[:, None] * n + i[None, :], round_to(p, out_ptr.dtype.element_ty))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_pair_tiles_relu_is_the_rounded_difference_then_relu_bitwise(dtype):
+    """On a GPU relu(a − b) is one fused fma.rn.relu per two values (under the interpreter, fp32 then
+    rounded): it must round a − b once, as PyTorch's subtraction does, and keep NaN (every pair of 64
+    values, with NaN, ±inf, ±0 and a tiny one)."""
+    usable(NAME)
+    device = device_for(NAME)
+    values = torch.randn(64, generator=torch.Generator().manual_seed(5)) * 3
+    values[:8] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1.0, 3.0, -(2**-120)])
+    a, b = values.to(dtype).to(device), values.flip(0).to(dtype).to(device)
+    out = torch.empty(64, 64, dtype=dtype, device=device)
+    _pair_relu[(1,)](a, b, out, 64, launch.diff_dtype(dtype, "relu"))
+    expected = torch.relu(a[:, None] - b[None, :])
+    assert torch.equal(out.isnan(), expected.isnan())
+    assert torch.equal(out.nan_to_num(), expected.nan_to_num())
 
 
 _TWICE = textwrap.dedent(
