@@ -312,6 +312,24 @@ def test_the_mean_over_masked_keys_is_counted_in_the_kernels(deterministic, N, M
         torch.testing.assert_close(x.cpu(), r, rtol=1e-10, atol=1e-10, msg=label)
 
 
+@pytest.mark.parametrize("M, mask, selects", [(32, "none", False), (37, "none", True), (32, "ragged", True)])
+def test_the_forward_selects_pairs_only_where_a_key_tile_can_exclude_some(M, mask, selects):
+    """Whole key tiles without a key mask skip the per-pair selection (rows past N, here 5 of a
+    block, are computed and never stored); a partial tile or a key mask selects. Either way the
+    output and gradients are the reference's."""
+    from fastrel.kernels import global_relation as kernels
+
+    usable(NAME)
+    rule = kernels._forward_kernel.values["SELECT_KEYS"]
+    assert all(rule(dict(HAS_MASK=mask != "none", M=M, BLOCK_J=j)) == selects for j in (16, 32))
+    problem = Problem(B=2, N=5, M=M, H=16, R=24, mask=mask, seed=11)
+    ours = run(problem, NAME, torch.float64, device_for(NAME))
+    ref = run(problem, None, torch.float64, "cpu")
+    torch.testing.assert_close(ours[0].cpu(), ref[0], rtol=1e-10, atol=1e-10)
+    for label, x, r in zip(("da", "db", "dweight", "dbias"), ours[1], ref[1]):
+        torch.testing.assert_close(x.cpu(), r, rtol=1e-10, atol=1e-10, msg=label)
+
+
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_a_call_issues_no_host_side_arithmetic(monkeypatch, deterministic):
     """Besides its kernels, a masked RGTR-clip call asks the host only for buffers and views, and
