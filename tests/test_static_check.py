@@ -23,7 +23,7 @@ import static_check  # noqa: E402
 #: may not spill. Each listed launch was measured on an H200 faster than the spill-free one it
 #: replaced (benchmarks/RESULTS.md, "Launch sweep", "Second H200 run"):
 #: - all of R = 128 per backward program (1.85x at the paper shape): 4x16 and 16x4, 8 warps;
-#: - the forward's 4x16/4-warp tile (bf16 160 B at the paper shape, 17% faster than 8x16/8-warp,
+#: - the forward's 4x16/4-warp tile (bf16 164 B at the paper shape, 17% faster than 8x16/8-warp,
 #:   then 928 B, now 100 B) and 8x16/4-warp (20 B at N = 1024, where it is 24% faster; autotuning
 #:   times it at the paper shape too and passes it over); TF32 compiles the same tiles with more
 #:   spills (the 1124, 1940 and 956 B), sm_80 too (440 and 1472 B: not timed);
