@@ -9,7 +9,8 @@ operand, and then walks work items (a batch element and a block of rows or keys)
 never sits in a grid axis. No (i, j) tile reaches memory; the backward recomputes it.
 
 Forward: per work item, the a-tile is loaded once; per key tile, z = p W_rᵀ + β_r for all of R
-(one dot, K = H), r = σ(z) accumulated per pair slot and folded to rows at the end.
+(one dot, K = H), r = σ(z) accumulated per slot (two pairs of one query row per slot where the
+tile allows: _fold_pairs) and summed to rows at the end.
 
 Backward (docs/math.md) splits R into slices (launch.r_slice) across programs: every product is
 then computed exactly once over all slices (z, dp and dW_r, three dots of the forward's size), and
@@ -71,6 +72,17 @@ def _pair_tile(a_tile, b_tile, INNER: tl.constexpr):
     return tl.reshape(pair_activation(a_tile[:, None, :], b_tile[None, :, :], INNER), (rows * keys, cols))
 
 
+@triton.jit
+def _fold_pairs(relation, FOLD: tl.constexpr):
+    """(BLOCK_P / FOLD, R): with FOLD = 2, pairs p and p + 8 of every 16 summed (two keys of one
+    query row where BLOCK_J is a multiple of 16; launch.pair_fold)."""
+    if FOLD == 2:
+        pairs: tl.constexpr = relation.shape[0]
+        cols: tl.constexpr = relation.shape[1]
+        relation = tl.reshape(tl.sum(tl.reshape(relation, (pairs // 16, 2, 8, cols)), axis=1), (pairs // 2, cols))
+    return relation
+
+
 # --------------------------------------------------------------------------------------------
 # Kernels
 
@@ -78,7 +90,11 @@ def _pair_tile(a_tile, b_tile, INNER: tl.constexpr):
 # A key tile adds a pair only where its key exists and the key mask keeps it; without a mask and
 # with M a multiple of BLOCK_J every pair counts, and the forward skips the selection (one select
 # per accumulator element and step, about a sixth of the loop).
-@triton.heuristics({"SELECT_KEYS": lambda args: args["HAS_MASK"] or args["M"] % args["BLOCK_J"] != 0})
+# The accumulator holds two pairs of one query row per slot where launch.pair_fold allows it.
+@triton.heuristics({
+    "SELECT_KEYS": lambda args: args["HAS_MASK"] or args["M"] % args["BLOCK_J"] != 0,
+    "FOLD": lambda args: launch.pair_fold(args["BLOCK_J"], args["PRECISION"]),
+})  # fmt: skip
 @triton.jit
 def _forward_kernel(
     a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, g_ptr,
@@ -86,7 +102,7 @@ def _forward_kernel(
     INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     ACC: tl.constexpr, DIFF: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
-    SELECT_KEYS: tl.constexpr,
+    SELECT_KEYS: tl.constexpr, FOLD: tl.constexpr,
 ):  # fmt: skip
     """g for the work items (batch element, block of BLOCK_I rows) of this program and R slice."""
     BLOCK_P: tl.constexpr = BLOCK_I * BLOCK_J
@@ -103,7 +119,7 @@ def _forward_kernel(
         bat = (item // n_blocks).to(tl.int64)
         rows = (item % n_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
         a_tile = _load_rows(a_ptr, bat, rows, N, h, H).to(DIFF)
-        acc = tl.zeros((BLOCK_P, BLOCK_R), dtype=ACC)
+        acc = tl.zeros((BLOCK_P // FOLD, BLOCK_R), dtype=ACC)
         for j0 in range(0, M, BLOCK_J):
             keys = j0 + tl.arange(0, BLOCK_J)
             b_tile = _load_rows(b_ptr, bat, keys, M, h, H).to(DIFF)
@@ -115,9 +131,9 @@ def _forward_kernel(
             if SELECT_KEYS:
                 valid = _pair_valid(valid_keys(mask_ptr, bat, keys, M, HAS_MASK), BLOCK_I)
                 relation = tl.where(valid[:, None], relation, 0.0)
-            acc += relation
+            acc += _fold_pairs(relation, FOLD)
         scale = mean_weight(mask_ptr, bat, M, inv_m, HAS_MASK, ACC, BLOCK_J, False)
-        g = tl.sum(tl.reshape(acc, (BLOCK_I, BLOCK_J, BLOCK_R)), axis=1) * scale
+        g = tl.sum(tl.reshape(acc, (BLOCK_I, BLOCK_J // FOLD, BLOCK_R)), axis=1) * scale
         tl.store(
             g_ptr + (bat * N + rows[:, None]) * R + r[None, :],
             round_to(g, g_ptr.dtype.element_ty),
@@ -132,9 +148,11 @@ def _zero_db(nargs: dict) -> None:
 
 # Tuned once per size class (launch.size_class), not per N and M: sets of many lengths (RGTR over
 # whole tracklets) would otherwise time every config again for each new length.
-_forward_tuned = triton.autotune(configs=launch.configs(launch.FORWARD_TILES), key=["SIZE_CLASS", "H", "R"])(
-    _forward_kernel
-)
+_forward_tuned = triton.autotune(
+    configs=launch.configs(launch.FORWARD_TILES),
+    key=["SIZE_CLASS", "H", "R"],
+    prune_configs_by={"early_config_prune": launch.prune_forward},
+)(_forward_kernel)
 _backward_rows_tuned = triton.autotune(
     configs=launch.configs(launch.BACKWARD_TILES, _zero_db),
     key=["SIZE_CLASS", "H", "R", "PRIVATE_DB", "ONE_KEY_TILE"],

@@ -331,6 +331,48 @@ def test_the_forward_selects_pairs_only_where_a_key_tile_can_exclude_some(M, mas
         torch.testing.assert_close(x.cpu(), r, rtol=1e-10, atol=1e-10, msg=label)
 
 
+def test_the_forward_folds_two_keys_per_slot_only_for_tensor_core_tiles_of_sixteen_keys(monkeypatch):
+    """Pairs p and p + 8 share an accumulator slot where both are keys of one row (BLOCK_J a multiple
+    of 16) and, on a GPU, where the product runs on tensor cores (an FMA product holds the two rows
+    in different threads); the interpreter folds at any precision."""
+    rule = launch.pair_fold
+    assert [rule(j, "tf32") for j in (8, 16, 32, 64)] == [1, 2, 2, 2]
+    assert rule(32, "ieee") == 2
+    monkeypatch.setattr(launch, "interpreting", lambda: False)
+    assert [rule(j, "tf32") for j in (8, 16, 32)] == [1, 2, 2]
+    assert [rule(j, "ieee") for j in (8, 16, 32)] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("tile", [(4, 16), (2, 32), (1, 64), (8, 8)])
+def test_the_folded_forward_matches_the_reference_at_every_tile(monkeypatch, tile):
+    """Folded (key tiles of 16, 32, 64) or not (8), with a partial last key tile, a ragged key mask
+    and rows past N, the forward gives the reference's g: in float64 to rounding (a GPU multiplies
+    it by FMA, unfolded), in bf16 within twice the bf16 reference's own error (tensor cores)."""
+    usable(NAME)
+    monkeypatch.setattr(launch, "forward_tile", lambda *args: ((*tile, 4, 2), False))
+    problem = Problem(B=2, N=5, M=37, H=16, R=24, mask="ragged", seed=3)
+    exact = run(problem, None, torch.float64, "cpu")[0]
+    ours = run(problem, NAME, torch.float64, device_for(NAME))[0]
+    torch.testing.assert_close(ours.cpu(), exact, rtol=1e-10, atol=1e-10)
+    ours = run(problem, NAME, torch.bfloat16, device_for(NAME))[0]
+    ref = run(problem, None, torch.bfloat16, device_for(NAME))[0]
+    assert rel_error(ours, exact) <= 2 * rel_error(ref, exact) + torch.finfo(torch.bfloat16).eps
+
+
+def test_forward_autotuning_skips_tiles_whose_z_tile_would_not_fit_in_registers():
+    """At the paper's R = 128 the 8×16 tile with 4 warps (a 128-register z tile per thread) is not
+    timed; at R = 64 (N = 1024's shape) every tile is; the first config stays if none fits."""
+    configs = launch.configs(launch.FORWARD_TILES)
+
+    def kept(block_r):
+        pruned = launch.prune_forward(configs, {}, BLOCK_R=block_r)
+        return [(c.kwargs["BLOCK_I"], c.kwargs["BLOCK_J"], c.num_warps) for c in pruned]
+
+    assert kept(128) == [(4, 16, 4), (8, 16, 8)]
+    assert kept(64) == [(4, 16, 4), (8, 16, 4), (8, 16, 8)]
+    assert kept(1024) == [(4, 16, 4)]
+
+
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_a_call_issues_no_host_side_arithmetic(monkeypatch, deterministic):
     """Besides its kernels, a masked RGTR-clip call asks the host only for buffers and views, and
