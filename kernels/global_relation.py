@@ -156,6 +156,7 @@ _forward_tuned = triton.autotune(
 _backward_rows_tuned = triton.autotune(
     configs=launch.configs(launch.BACKWARD_TILES, _zero_db),
     key=["SIZE_CLASS", "H", "R", "PRIVATE_DB", "ONE_KEY_TILE"],
+    prune_configs_by={"early_config_prune": launch.prune_backward},
 )(backward_rows_kernel)
 
 

@@ -56,11 +56,15 @@ INTERPRETER_PROGRAMS = 3
 Tile = tuple[int, int, int, int]
 FORWARD_TILES: list[Tile] = [(4, 16, 4, 2), (8, 16, 4, 2), (8, 16, 8, 2)]
 BACKWARD_TILES: list[Tile] = [(4, 16, 8, 1), (16, 4, 8, 1), (4, 16, 4, 1)]
-#: A forward config is timed only where its z tile (BLOCK_P × BLOCK_R fp32, beside the pair tile and
-#: the accumulator) takes at most this many registers per thread: at the paper shape 8×16 with 4
-#: warps needs 128, spilled 0.7 KB per thread and ran 2.0x slower than 4×16 on the H200 (2.84
-#: against 1.42 ms); at N = 1024 (R = 64) it needs 64 and is the fastest.
+#: Autotuning times a config only where its largest accumulator fits a thread's registers (fp32
+#: values per thread, the tile over its program's threads). Forward: z (BLOCK_P × BLOCK_R, beside
+#: the pair tile and the accumulator); at the paper shape 8×16 with 4 warps needs 128, spilled
+#: 0.7 KB per thread and ran 2.0x slower than 4×16 on the H200 (2.84 against 1.42 ms); at N = 1024
+#: (R = 64) it needs 64 and is the fastest. Backward: the dW_r slice (BLOCK_R × BLOCK_H, resident
+#: for the program's walk); at the paper shape 4×16 with 4 warps needs 256, spilled 3.1 KB and ran
+#: 3.8x slower than with 8 warps (25.0 against 6.56 ms); at N = 1024 it needs 64 and is the fastest.
 MAX_FORWARD_Z_REGISTERS = 64
+MAX_BACKWARD_DW_REGISTERS = 128
 #: Warps of a small set's one-step tile (small_set_tile): 8, with which the clip launches compile
 #: without spills (4 spill 300-600 B per thread).
 SMALL_SET_WARPS = 8
@@ -136,18 +140,28 @@ def pair_fold(block_j: int, precision: str) -> int:
     """Pairs per slot of the forward's accumulator: 2 (pairs p and p + 8 of every 16) where BLOCK_J is
     a multiple of 16 and the product runs on tensor cores, else 1. A tensor core's accumulator gives
     each thread rows r and r + 8 of every 16 (wgmma and mma.sync alike), so the fold is one add in
-    the thread and the accumulator takes half its registers (32 of 255 at the paper's 4×16 tile);
+    the thread and the accumulator takes half the registers (32 per thread, not 64, at the paper's
+    4×16 tile);
     an FMA product ("ieee" on a GPU) spreads those rows over threads."""
     return 2 if block_j % 16 == 0 and (precision != "ieee" or interpreting()) else 1
 
 
 def prune_forward(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
-    """The forward's autotune configs whose z tile fits (MAX_FORWARD_Z_REGISTERS); the first if none."""
-    fits = [
-        c
-        for c in configs
-        if c.kwargs["BLOCK_I"] * c.kwargs["BLOCK_J"] * meta["BLOCK_R"] <= MAX_FORWARD_Z_REGISTERS * 32 * c.num_warps
-    ]
+    """The forward's autotune configs whose z tile fits (MAX_FORWARD_Z_REGISTERS)."""
+    return _fitting(
+        configs, lambda c: c.kwargs["BLOCK_I"] * c.kwargs["BLOCK_J"] * meta["BLOCK_R"], MAX_FORWARD_Z_REGISTERS
+    )
+
+
+def prune_backward(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
+    """The backward's autotune configs whose dW_r slice fits (MAX_BACKWARD_DW_REGISTERS)."""
+    return _fitting(configs, lambda c: meta["BLOCK_R"] * meta["BLOCK_H"], MAX_BACKWARD_DW_REGISTERS)
+
+
+def _fitting(configs: list[triton.Config], elements, registers: int) -> list[triton.Config]:
+    """The configs whose tile of ``elements(config)`` fp32 values takes at most ``registers`` per
+    thread; the first config if none does."""
+    fits = [c for c in configs if elements(c) <= registers * 32 * c.num_warps]
     return fits or configs[:1]
 
 

@@ -359,18 +359,21 @@ def test_the_folded_forward_matches_the_reference_at_every_tile(monkeypatch, til
     assert rel_error(ours, exact) <= 2 * rel_error(ref, exact) + torch.finfo(torch.bfloat16).eps
 
 
-def test_forward_autotuning_skips_tiles_whose_z_tile_would_not_fit_in_registers():
-    """At the paper's R = 128 the 8×16 tile with 4 warps (a 128-register z tile per thread) is not
-    timed; at R = 64 (N = 1024's shape) every tile is; the first config stays if none fits."""
-    configs = launch.configs(launch.FORWARD_TILES)
+def _tiles(configs: list[triton.Config]) -> list[tuple[int, int, int]]:
+    return [(c.kwargs["BLOCK_I"], c.kwargs["BLOCK_J"], c.num_warps) for c in configs]
 
-    def kept(block_r):
-        pruned = launch.prune_forward(configs, {}, BLOCK_R=block_r)
-        return [(c.kwargs["BLOCK_I"], c.kwargs["BLOCK_J"], c.num_warps) for c in pruned]
 
-    assert kept(128) == [(4, 16, 4), (8, 16, 8)]
-    assert kept(64) == [(4, 16, 4), (8, 16, 4), (8, 16, 8)]
-    assert kept(1024) == [(4, 16, 4)]
+def test_autotuning_skips_tiles_whose_accumulators_would_not_fit_in_registers():
+    """At the paper shape (H = 256, R = 128) the forward's 8×16 tile with 4 warps (z: 128 registers
+    per thread) and the backward's 4-warp tile (dW_r: 256) are not timed; at N = 1024's (H = 128,
+    R = 64) every tile is; the first config stays if none fits."""
+    forward, backward = launch.configs(launch.FORWARD_TILES), launch.configs(launch.BACKWARD_TILES)
+    assert _tiles(launch.prune_forward(forward, {}, BLOCK_R=128)) == [(4, 16, 4), (8, 16, 8)]
+    assert _tiles(launch.prune_forward(forward, {}, BLOCK_R=64)) == _tiles(forward)
+    assert _tiles(launch.prune_forward(forward, {}, BLOCK_R=1024)) == [(4, 16, 4)]
+    assert _tiles(launch.prune_backward(backward, {}, BLOCK_R=128, BLOCK_H=256)) == [(4, 16, 8), (16, 4, 8)]
+    assert _tiles(launch.prune_backward(backward, {}, BLOCK_R=64, BLOCK_H=128)) == _tiles(backward)
+    assert _tiles(launch.prune_backward(backward, {}, BLOCK_R=256, BLOCK_H=512)) == [(4, 16, 8)]
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
