@@ -32,6 +32,8 @@ import static_check  # noqa: E402
 #:   there: 60 B in fast mode, 64 B in deterministic mode, which runs it there, 10% faster than the
 #:   2x32 tile); at the paper shape autotuning leaves it out (launch.prune_backward: 3.1 KB of
 #:   spills, 3.8x slower); TF32 compiles it there, with R slices of 32, at 1.7 KB;
+#: - sm_80's backward with R slices of 32 in bf16/fp16 (launch.R_SLICE_SM80_BACKWARD: twice the
+#:   tensor-core share of the loop of slices of 16, which were spill-free), 40-56 B outside the loop;
 #: - an RGTR clip's IEEE fp32 forward with R = 64 (8x8/8-warp, one step): 1.8x faster kernels
 #:   than the spill-free R = 16 (timed at 1.9 KB; reading the key mask as bytes took it to 3.6 KB,
 #:   selecting by key only, not by row, back to 0.8 KB).
@@ -48,6 +50,7 @@ ALLOWED_SPILL_BYTES: dict[tuple[int, str, str, str], int] = {
     (90, "backward_rows_kernel", "fp32", "4x16x256x32 w4 s1"): 1728,
     (80, "_forward_kernel", "bf16", "4x16x256x128 w4 s2"): 232,
     (80, "_forward_kernel", "bf16", "8x16x256x128 w8 s2"): 212,
+    (80, "backward_rows_kernel", "bf16", "16x2x256x32 w8 s2"): 56,
 }
 #: Of those, the launches whose hottest loop may also load or store spilled values (LDL/STL in its
 #: SASS body, reloaded every step); the others spill outside it, once per work item or program.

@@ -170,7 +170,7 @@ def test_deterministic_backward_is_bitwise_equal_across_processes():
     "capability, dtype, tile, r_slice",
     [
         (9, torch.bfloat16, launch.BACKWARD_FIXED, 128),
-        (8, torch.bfloat16, launch.BACKWARD_SM80, launch.BACKWARD_R_SLICE_SM80),
+        (8, torch.bfloat16, launch.BACKWARD_SM80, 32),
         (9, torch.float32, launch.IEEE_BACKWARD_TILE, 16),
         (8, torch.float32, launch.IEEE_BACKWARD_TILE, 16),
     ],
@@ -219,6 +219,25 @@ def test_r_slice_keeps_the_w_slice_within_shared_memory(monkeypatch, forward, dt
     previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, tf32
     try:
         assert launch.r_slice(x, 256, H, forward=forward) == expected
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+@pytest.mark.parametrize("dtype, tf32, H, one_step, expected", [
+    (torch.bfloat16, False, 256, False, 32), (torch.float16, False, 128, False, 32),
+    (torch.bfloat16, False, 512, False, 16), (torch.bfloat16, False, 256, True, 16),
+    (torch.float32, True, 256, False, 16), (torch.float32, False, 256, False, 16),
+])  # fmt: skip
+def test_sm80_backward_r_slice_is_wider_only_where_it_keeps_spills_out_of_the_loop(
+    monkeypatch, dtype, tf32, H, one_step, expected
+):
+    """On sm_80 the backward takes R slices of 32 in bf16/fp16 up to H = 256 (twice the tensor-core
+    share of its loop against 16), and 16 with TF32 or FMA products, at H = 512 and for a clip."""
+    monkeypatch.setattr(launch, "_capability", lambda x: 8)
+    x = SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
+    previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, tf32
+    try:
+        assert launch.r_slice(x, 256, H, forward=False, one_step=one_step) == expected
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
 
