@@ -29,7 +29,7 @@ MIN_DOT = 16
 #: once), although ptxas reports spills for it; the IEEE forward 2.1x faster with 64 than with 16;
 #: the IEEE backward 10% slower with 32 than with 16. The element budgets keep every sm_90 launch
 #: within a block's 227 KB (the static check compiles H = 256 and 512): TF32 at R = 64, H = 256
-#: asked for more. sm_80's backward has its own (R_SLICE_SM80_BACKWARD).
+#: asked for more. sm_80 has its own (R_SLICE_SM80).
 R_SLICE: dict[tuple[bool, str], tuple[int, int]] = {  # (forward?, kind): (cap, W_r elements)
     (True, "half"): (256, 65536),
     (True, "tf32"): (256, 32768),
@@ -42,14 +42,21 @@ R_SLICE: dict[tuple[bool, str], tuple[int, int]] = {  # (forward?, kind): (cap, 
 #: without spills (without it the H200 ran RGTR clips of T = 8 in the same time). The IEEE forward
 #: takes R = 64 there too: 1.8x faster kernels than with 16 (0.38 against 0.69 ms for 576 clips).
 ONE_STEP_R_CAP: dict[tuple[bool, str], int] = {(False, "half"): 64}
-#: sm_80's backward (mma.sync holds every accumulator in registers; chosen by the static check, no
-#: A100 timed): (cap, W_r elements) per kind as in R_SLICE, and at most ONE_STEP_R_CAP_SM80 for a
-#: small set's one step. bf16/fp16 take 32 at H = 256: the issue bound at the paper shape rises
-#: from 24% to 43% against 16 (the pair tile is formed for 4 R slices instead of 8), with 40–56 B
-#: of spills per thread, none in the key loop. TF32 operands and a clip's one step keep 16: with 32
-#: they reloaded spilled values inside the loop (8–98 spill instructions per step).
-R_SLICE_SM80_BACKWARD: dict[str, tuple[int, int]] = {"half": (32, 8192), "tf32": (16, 4096)}
-ONE_STEP_R_CAP_SM80 = 16
+#: sm_80's tensor-core launches (mma.sync holds every accumulator, z included, in registers; chosen
+#: by the static check, no A100 timed), as R_SLICE and ONE_STEP_R_CAP. Forward: 64, where R = 128
+#: spilled 212–936 B per thread with 30–200 spill instructions per step at the paper shape and 64
+#: spills none, for as many instructions per FLOP (the pair tile is formed twice; the loop is
+#: mostly HMMA). Backward: 32 in bf16/fp16 at H = 256, whose issue bound at the paper shape is 43%
+#: against 24% with 16 (the pair tile formed for 4 R slices instead of 8), for 40–56 B of spills
+#: per thread outside the key loop; 16 with TF32 operands and for a clip's one step, where 32
+#: reloaded spilled values inside the loop (8–98 spill instructions per step).
+R_SLICE_SM80: dict[tuple[bool, str], tuple[int, int]] = {
+    (True, "half"): (64, 16384),
+    (True, "tf32"): (64, 16384),
+    (False, "half"): (32, 8192),
+    (False, "tf32"): (16, 4096),
+}
+ONE_STEP_R_CAP_SM80: dict[tuple[bool, str], int] = {(False, "half"): 16}
 #: Persistent programs per multiprocessor; under the interpreter a few programs, so that each
 #: one still walks several work items.
 PROGRAMS_PER_SM = 2
@@ -236,17 +243,15 @@ def operand_kind(x: torch.Tensor) -> str:
 
 
 def r_slice(x: torch.Tensor, R: int, H: int, forward: bool, one_step: bool = False) -> int:
-    """BLOCK_R of a forward or backward launch on x's device (see R_SLICE); ``one_step``: a small
-    set's launch (ONE_STEP_R_CAP)."""
+    """BLOCK_R of a forward or backward launch on x's device (see R_SLICE, R_SLICE_SM80); ``one_step``:
+    a small set's launch (ONE_STEP_R_CAP)."""
     kind = operand_kind(x)
-    if not forward and kind != "ieee" and _capability(x) < 9:
-        cap, elements = R_SLICE_SM80_BACKWARD[kind]
-        if one_step:
-            cap = min(cap, ONE_STEP_R_CAP_SM80)
-    else:
-        cap, elements = R_SLICE[(forward, kind)]
-        if one_step:
-            cap = min(cap, ONE_STEP_R_CAP.get((forward, kind), cap))
+    table, one_step_caps = R_SLICE, ONE_STEP_R_CAP
+    if kind != "ieee" and _capability(x) < 9:
+        table, one_step_caps = R_SLICE_SM80, ONE_STEP_R_CAP_SM80
+    cap, elements = table[(forward, kind)]
+    if one_step:
+        cap = min(cap, one_step_caps.get((forward, kind), cap))
     return min(pow2(R), cap, max(MIN_DOT, elements // pow2(H, 2 * MIN_DOT)))
 
 

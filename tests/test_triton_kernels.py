@@ -186,7 +186,7 @@ def test_backward_tile_and_r_slice_follow_the_device_capability(monkeypatch, cap
         tuned = (capability, dtype) == (9, torch.bfloat16)
         assert launch.backward_tile(x, 128, 128, 256, r_slice, deterministic=False) == (tile, tuned)
         assert launch.r_slice(x, 128, 256, forward=False) == r_slice
-        assert launch.r_slice(x, 128, 256, forward=True) == (64 if dtype == torch.float32 else 128)
+        assert launch.r_slice(x, 128, 256, forward=True) == (64 if dtype == torch.float32 or capability == 8 else 128)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
 
@@ -223,21 +223,22 @@ def test_r_slice_keeps_the_w_slice_within_shared_memory(monkeypatch, forward, dt
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
-@pytest.mark.parametrize("dtype, tf32, H, one_step, expected", [
-    (torch.bfloat16, False, 256, False, 32), (torch.float16, False, 128, False, 32),
-    (torch.bfloat16, False, 512, False, 16), (torch.bfloat16, False, 256, True, 16),
-    (torch.float32, True, 256, False, 16), (torch.float32, False, 256, False, 16),
+@pytest.mark.parametrize("forward, dtype, tf32, H, one_step, expected", [
+    (False, torch.bfloat16, False, 256, False, 32), (False, torch.float16, False, 128, False, 32),
+    (False, torch.bfloat16, False, 512, False, 16), (False, torch.bfloat16, False, 256, True, 16),
+    (False, torch.float32, True, 256, False, 16), (False, torch.float32, False, 256, False, 16),
+    (True, torch.bfloat16, False, 256, False, 64), (True, torch.bfloat16, False, 256, True, 64),
+    (True, torch.float32, True, 256, False, 64), (True, torch.bfloat16, False, 512, False, 32),
 ])  # fmt: skip
-def test_sm80_backward_r_slice_is_wider_only_where_it_keeps_spills_out_of_the_loop(
-    monkeypatch, dtype, tf32, H, one_step, expected
-):
-    """On sm_80 the backward takes R slices of 32 in bf16/fp16 up to H = 256 (twice the tensor-core
-    share of its loop against 16), and 16 with TF32 or FMA products, at H = 512 and for a clip."""
+def test_sm80_r_slices_keep_spills_out_of_the_loop(monkeypatch, forward, dtype, tf32, H, one_step, expected):
+    """On sm_80 (mma.sync, every accumulator in registers) the forward takes R slices of 64 (32 at
+    H = 512); the backward 32 in bf16/fp16 up to H = 256 (twice the tensor-core share of its loop
+    against 16), and 16 with TF32 or FMA products, at H = 512 and for a clip's one step."""
     monkeypatch.setattr(launch, "_capability", lambda x: 8)
     x = SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
     previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, tf32
     try:
-        assert launch.r_slice(x, 256, H, forward=False, one_step=one_step) == expected
+        assert launch.r_slice(x, 256, H, forward=forward, one_step=one_step) == expected
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
 
