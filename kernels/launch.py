@@ -154,8 +154,8 @@ def pair_fold(block_j: int, precision: str) -> int:
     a multiple of 16 and the product runs on tensor cores, else 1. A tensor core's accumulator gives
     each thread rows r and r + 8 of every 16 (wgmma and mma.sync alike), so the fold is one add in
     the thread and the accumulator takes half the registers (32 per thread, not 64, at the paper's
-    4×16 tile);
-    an FMA product ("ieee" on a GPU) spreads those rows over threads."""
+    4×16 tile); an FMA product ("ieee" on a GPU) spreads those rows over threads. The interpreter
+    folds at any precision, so that the CPU tests cover the fold in float64 too."""
     return 2 if block_j % 16 == 0 and (precision != "ieee" or interpreting()) else 1
 
 
