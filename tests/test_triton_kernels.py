@@ -366,7 +366,7 @@ def test_the_forward_selects_pairs_only_where_a_key_tile_can_exclude_some(M, mas
         torch.testing.assert_close(x.cpu(), r, rtol=1e-10, atol=1e-10, msg=label)
 
 
-def test_the_forward_folds_two_keys_per_slot_only_for_tensor_core_tiles_of_sixteen_keys(monkeypatch):
+def test_the_forward_folds_two_pairs_per_slot_only_for_tensor_core_tiles_of_sixteen_keys(monkeypatch):
     """Pairs p and p + 8 share an accumulator slot where both are keys of one row (BLOCK_J a multiple
     of 16) and, on a GPU, where the product runs on tensor cores (an FMA product holds the two rows
     in different threads); the interpreter folds at any precision."""
