@@ -8,7 +8,8 @@ replays), so an SM needs at least ``W·I/4`` cycles for a CTA of ``W`` warps, wh
 resident CTAs. In that time the CTA does ``W·F`` FLOPs, ``F`` = FLOPs its tensor-core (or FFMA)
 instructions contribute per warp: HMMA.mnk = 2mnk per warp; HGMMA.mxnxk is issued by each of the
 4 warps of a warpgroup, so 2mnk/4 per warp; FFMA = 64. Bound = min(1, 4F/I / P), with P the
-dense peak per SM per cycle of that instruction class. Latency, memory and barriers come on top.
+dense peak per SM per cycle of that instruction class. Latency, memory and barriers come on top;
+the loop's barriers are counted, as each one holds every warp of the CTA to the slowest.
 """
 
 from __future__ import annotations
@@ -189,6 +190,7 @@ class LoopReport:
     flops_per_warp: float
     issue_bound: float | None  # share of the dense peak of that instruction class
     local: int = 0  # spill traffic in the body: LDL and STL instructions
+    barriers: int = 0  # BAR instructions in the body: each holds every warp of the CTA to the slowest
 
 
 def hottest_loop(instructions: list[Instruction], arch: int) -> LoopReport | None:
@@ -225,7 +227,7 @@ def hottest_loop(instructions: list[Instruction], arch: int) -> LoopReport | Non
     bound = None
     if peak_class:
         bound = min(1.0, SUB_PARTITIONS * flops / len(body) / PEAK_PER_SM_CYCLE[arch][peak_class])
-    return LoopReport(len(body), math, kind, flops, bound, count(body, ("LDL", "STL")))
+    return LoopReport(len(body), math, kind, flops, bound, count(body, ("LDL", "STL")), count(body, ("BAR",)))
 
 
 def ctas_per_sm(registers: int, warps: int, shared: int, shared_per_sm: int) -> int:

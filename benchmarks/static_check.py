@@ -466,7 +466,8 @@ def violations(row: dict) -> list[str]:
 # Report
 
 COLUMNS = ("arch", "kernel", "variant", "config", "regs", "spill B (st/ld)", "smem KB / limit", "CTA/SM", "MMA",
-           "atomics", "loop instr", "TC instr", "loop spill ops", "kFLOP/iter", "issue bound", "used by")  # fmt: skip
+           "atomics", "loop instr", "TC instr", "loop spill ops", "loop barriers", "kFLOP/iter", "issue bound",
+           "used by")  # fmt: skip
 
 
 def _cells(row: dict) -> list[str]:
@@ -486,6 +487,7 @@ def _cells(row: dict) -> list[str]:
         str(loop.get("instructions", "-")),
         f"{loop['math']} {loop['math_kind']}" if loop else "-",
         str(loop.get("local", "-")),
+        str(loop.get("barriers", "-")),
         f"{row['kflop_per_iteration']:.0f}" if row.get("kflop_per_iteration") else "-",
         f"{bound:.0%}" if bound is not None else "-",
         "; ".join(row["calls"][:3]) + (f" (+{len(row['calls']) - 3})" if len(row["calls"]) > 3 else ""),

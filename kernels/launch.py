@@ -65,10 +65,13 @@ INTERPRETER_PROGRAMS = 3
 #: A launch configuration: (BLOCK_I rows, BLOCK_J keys, num_warps, num_stages). The lists are the
 #: fastest tiles of the H200 sweep (benchmarks/tile_sweep.py; RESULTS.md, "Launch sweep") at the
 #: paper shape and at N = 1024, which prefer different ones; autotuning picks among them on GPUs.
-#: The backward runs one pipeline stage: a second one was 2.6x slower on the H200.
+#: The backward runs one pipeline stage: with two, the key loop would prefetch a and b into
+#: unswizzled shared memory and read them back one value at a time in 16-way bank conflicts
+#: (RESULTS.md, "Sixth session"; 2.6x slower on the H200 in the first sweep). 16×4 with 8 warps,
+#: slower than 4×16 at both shapes in both H200 sweeps, is not timed.
 Tile = tuple[int, int, int, int]
 FORWARD_TILES: list[Tile] = [(4, 16, 4, 2), (8, 16, 4, 2), (8, 16, 8, 2)]
-BACKWARD_TILES: list[Tile] = [(4, 16, 8, 1), (16, 4, 8, 1), (4, 16, 4, 1)]
+BACKWARD_TILES: list[Tile] = [(4, 16, 8, 1), (4, 16, 4, 1)]
 #: Autotuning times a config only where its largest accumulator fits a thread's registers (fp32
 #: values per thread, the tile over its program's threads). Forward: z (BLOCK_P × BLOCK_R, beside
 #: the pair tile and the accumulator); at the paper shape 8×16 with 4 warps needs 128, spilled
@@ -90,7 +93,7 @@ BACKWARD_FIXED: Tile = BACKWARD_TILES[0]
 #: H200 at N = 1024 (H = 128, R = 64) fast mode ran the backward with it in 1.68 ms against 4.75 ms
 #: with BACKWARD_FIXED (and 1.87 ms with the 2×32 tile it replaced; deterministic mode's kernels
 #: 2.38 against 2.62 ms); at the paper shape (H = 256, R = 128) it was 3.8x slower.
-BACKWARD_FIXED_NARROW: Tile = BACKWARD_TILES[2]
+BACKWARD_FIXED_NARROW: Tile = BACKWARD_TILES[1]
 NARROW_W_ELEMENTS = 128 * 64
 #: sm_80 (mma.sync: every accumulator in registers, no 64-row MMA to fill) runs the backward with
 #: 16 rows × 2 keys, without autotuning: each db atomic sums 16 rows, and the loop holds 8× fewer
