@@ -137,7 +137,7 @@ def _short(value) -> str:
 
 
 def _describe(launch) -> tuple[str, str]:
-    """(variant: the non-tile constexprs and the pointer dtype, config: tiles, warps, stages)."""
+    """(variant: the non-tile constexprs and the pointer dtype, config: tiles, warps, stages and any register cap)."""
     names = list(launch.signature)
     constexprs = {names[path[0]]: value for path, value in launch.constexprs.items() if len(path) == 1}
     tiles = {k: v for k, v in constexprs.items() if k.startswith("BLOCK")}
@@ -145,6 +145,8 @@ def _describe(launch) -> tuple[str, str]:
     variant = " ".join([io] + [f"{k}={_short(v)}" for k, v in constexprs.items() if k not in tiles])
     options = launch.options
     config = "x".join(str(v) for v in tiles.values()) + f" w{options['num_warps']} s{options['num_stages']}"
+    if options.get("maxnreg"):
+        config += f" r{options['maxnreg']}"
     return variant, config
 
 

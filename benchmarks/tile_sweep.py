@@ -54,6 +54,8 @@ BWD_TILES = [(4, 16, 8, 1), (4, 16, 4, 1), (8, 8, 4, 1), (8, 8, 8, 1), (16, 4, 8
              (2, 64, 8, 1), (8, 16, 8, 1), (2, 32, 4, 1), (2, 32, 8, 1)]  # fmt: skip
 FWD_TILES = [(4, 16, 4, 2), (8, 16, 4, 2), (8, 16, 8, 2), (4, 16, 4, 3), (8, 16, 4, 3), (4, 16, 8, 2), (8, 8, 4, 2),
              (16, 4, 4, 2), (2, 32, 4, 2)]  # fmt: skip
+#: the autotune list's tiles capped at 128 registers: twice or 4/3 the warps per SM at N = 1024
+CAPPED_FWD_TILES = [(8, 16, 8, 2, 128), (4, 16, 4, 2, 128)]
 IEEE_BWD = [(8, 2, 8, 1), (4, 4, 4, 1), (8, 2, 4, 1)]
 IEEE_FWD = [(2, 32, 8, 2), (4, 16, 4, 2), (2, 32, 4, 2), (8, 16, 8, 2)]
 
@@ -82,7 +84,7 @@ def gpu_groups() -> list[Group]:
         Group(PAPER, "bfloat16", "fwd", _tiles("FORWARD_FIXED", FWD_TILES)),
         Group(PAPER, "bfloat16", "bwd_det", det),
         Group(N1024, "bfloat16", "bwd", _tiles("BACKWARD_FIXED", BWD_TILES)),
-        Group(N1024, "bfloat16", "fwd", _tiles("FORWARD_FIXED", FWD_TILES[:6])),
+        Group(N1024, "bfloat16", "fwd", _tiles("FORWARD_FIXED", FWD_TILES[:6] + CAPPED_FWD_TILES)),
         Group(N1024, "bfloat16", "bwd_det", narrow_det),
         Group(PAPER_9, "float32", "bwd", tf32, tf32=True),
         Group(PAPER_9, "float32", "fwd", _tiles("FORWARD_FIXED", FWD_TILES[:4]), tf32=True),
@@ -109,7 +111,7 @@ def dry_groups() -> list[Group]:
     return [
         Group(tiny, "float32", "bwd", _tiles("BACKWARD_FIXED", [(2, 32, 8, 1), (4, 16, 8, 1)])),
         Group(tiny, "float32", "bwd_det", _tiles("BACKWARD_FIXED", [(2, 32, 8, 1)])),
-        Group(masked, "float32", "fwd", _tiles("FORWARD_FIXED", [(2, 32, 8, 2)])),
+        Group(masked, "float32", "fwd", _tiles("FORWARD_FIXED", [(2, 32, 8, 2), CAPPED_FWD_TILES[1]])),
         Group(dataclasses.replace(masked, name="dry clips"), "float32", "fwdbwd", BACKENDS),
     ]
 

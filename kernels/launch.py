@@ -62,14 +62,16 @@ ONE_STEP_R_CAP_SM80: dict[tuple[bool, str], int] = {(False, "half"): 16}
 PROGRAMS_PER_SM = 2
 INTERPRETER_PROGRAMS = 3
 
-#: A launch configuration: (BLOCK_I rows, BLOCK_J keys, num_warps, num_stages). The lists are the
-#: fastest tiles of the H200 sweep (benchmarks/tile_sweep.py; RESULTS.md, "Launch sweep") at the
-#: paper shape and at N = 1024, which prefer different ones; autotuning picks among them on GPUs.
+#: A launch configuration: (BLOCK_I rows, BLOCK_J keys, num_warps, num_stages[, registers per thread
+#: at most]). The lists are the fastest tiles of the H200 sweep (benchmarks/tile_sweep.py; RESULTS.md,
+#: "Launch sweep") at the paper shape and at N = 1024, which prefer different ones; autotuning picks
+#: among them on GPUs. A register cap (ptxas's maxnreg) trades spills for resident warps; the sweep
+#: times the forward's N = 1024 tiles capped at 128 (RESULTS.md, "Sixth session").
 #: The backward runs one pipeline stage: with two, the key loop would prefetch a and b into
 #: unswizzled shared memory and read them back one value at a time in 16-way bank conflicts
 #: (RESULTS.md, "Sixth session"; 2.6x slower on the H200 in the first sweep). 16×4 with 8 warps,
 #: slower than 4×16 at both shapes in both H200 sweeps, is not timed.
-Tile = tuple[int, int, int, int]
+Tile = tuple[int, ...]
 FORWARD_TILES: list[Tile] = [(4, 16, 4, 2), (8, 16, 4, 2), (8, 16, 8, 2)]
 BACKWARD_TILES: list[Tile] = [(4, 16, 8, 1), (4, 16, 4, 1)]
 #: Autotuning times a config only where its largest accumulator fits a thread's registers (fp32
@@ -183,8 +185,10 @@ def _fitting(configs: list[triton.Config], elements, registers: int) -> list[tri
 
 def configs(tiles: list[Tile], pre_hook=None) -> list[triton.Config]:
     return [
-        triton.Config({"BLOCK_I": i, "BLOCK_J": j}, num_warps=w, num_stages=s, pre_hook=pre_hook)
-        for i, j, w, s in tiles
+        triton.Config(
+            {"BLOCK_I": i, "BLOCK_J": j}, num_warps=w, num_stages=s, maxnreg=cap[0] if cap else None, pre_hook=pre_hook
+        )
+        for i, j, w, s, *cap in tiles
     ]
 
 
@@ -193,7 +197,9 @@ def launch(kernel, tuned, grid, tile: Tile, tune: bool, args, meta) -> None:
     if tune and autotuning():
         tuned[grid](*args, **meta)
         return
-    i, j, warps, stages = tile
+    i, j, warps, stages, *cap = tile
+    if cap:
+        meta = {**meta, "maxnreg": cap[0]}
     kernel[grid](*args, BLOCK_I=i, BLOCK_J=j, num_warps=warps, num_stages=stages, **meta)
 
 

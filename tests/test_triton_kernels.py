@@ -378,15 +378,19 @@ def test_the_forward_folds_two_pairs_per_slot_only_for_tensor_core_tiles_of_sixt
     assert [rule(j, "ieee") for j in (8, 16, 32)] == [1, 1, 1]
 
 
+FOLD_TILES = [(4, 16, 4, 2), (2, 32, 4, 2), (1, 64, 4, 2), (8, 8, 4, 2), (4, 16, 4, 2, 128)]
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("tile", [(4, 16), (2, 32), (1, 64), (8, 8)])
+@pytest.mark.parametrize("tile", dict.fromkeys(FOLD_TILES + launch.FORWARD_TILES))
 def test_the_folded_forward_matches_the_reference_at_every_tile(monkeypatch, tile):
     """Folded (key tiles of 16, 32, 64) or not (8), with a partial last key tile, a ragged key mask
-    and rows past N, the forward gives the reference's g: in float64 to rounding under the
-    interpreter (float32 by FMA, unfolded, on a GPU), in bf16 within twice the bf16 reference's own
-    error (tensor cores on a GPU)."""
+    and rows past N, the forward gives the reference's g at each of these tiles (one capped at 128
+    registers) and at the autotune configs: in float64 to rounding under the interpreter (float32 by
+    FMA, unfolded, on a GPU), in bf16 within twice the bf16 reference's own error (tensor cores on a
+    GPU)."""
     usable(NAME)
-    monkeypatch.setattr(launch, "forward_tile", lambda *args: ((*tile, 4, 2), False))
+    monkeypatch.setattr(launch, "forward_tile", lambda *args: (tile, False))
     problem = Problem(B=2, N=5, M=37, H=16, R=24, mask="ragged", seed=3)
     exact = run(problem, None, torch.float64, "cpu")[0]
     dtype = exact_dtype(NAME)
