@@ -54,7 +54,7 @@ BWD_TILES = [(4, 16, 8, 1), (4, 16, 4, 1), (8, 8, 4, 1), (8, 8, 8, 1), (16, 4, 8
              (2, 64, 8, 1), (8, 16, 8, 1), (2, 32, 4, 1), (2, 32, 8, 1)]  # fmt: skip
 FWD_TILES = [(4, 16, 4, 2), (8, 16, 4, 2), (8, 16, 8, 2), (4, 16, 4, 3), (8, 16, 4, 3), (4, 16, 8, 2), (8, 8, 4, 2),
              (16, 4, 4, 2), (2, 32, 4, 2)]  # fmt: skip
-#: the autotune list's tiles capped at 128 registers: twice or 4/3 the warps per SM at N = 1024
+#: 8×16/8 and 4×16/4 warps capped at 128 registers: twice or 4/3 the warps per SM at N = 1024
 CAPPED_FWD_TILES = [(8, 16, 8, 2, 128), (4, 16, 4, 2, 128)]
 IEEE_BWD = [(8, 2, 8, 1), (4, 4, 4, 1), (8, 2, 4, 1)]
 IEEE_FWD = [(2, 32, 8, 2), (4, 16, 4, 2), (2, 32, 4, 2), (8, 16, 8, 2)]
