@@ -73,7 +73,7 @@ def gpu_groups() -> list[Group]:
     bwd = _tiles("BACKWARD_FIXED", BWD_TILES)
     bwd += [{"BACKWARD_FIXED": (4, 16, 8, 1), "PROGRAMS_PER_SM": p} for p in (1, 3)]
     # two stages: 7 barriers per step instead of 23, but a and b read back from unswizzled shared
-    # memory in 16-way bank conflicts (RESULTS.md, "Sixth session": predicted 1.6-2.0x slower)
+    # memory in 16-way bank conflicts (RESULTS.md, "Sixth session": predicted 1.5-2.0x slower)
     bwd += [{"BACKWARD_FIXED": (4, 16, 8, 2)}]
     det = _tiles("BACKWARD_FIXED", [(4, 16, 8, 1), (16, 4, 8, 1)])
     det += [{"BACKWARD_FIXED": t, "PROGRAMS_PER_SM": 1} for t in [(4, 16, 8, 1), (16, 4, 8, 1)]]
