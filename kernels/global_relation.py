@@ -106,6 +106,11 @@ def _forward_kernel(
 ):  # fmt: skip
     """g for the work items (batch element, block of BLOCK_I rows) of this program and R slice."""
     BLOCK_P: tl.constexpr = BLOCK_I * BLOCK_J
+    tl.assume(B > 0)
+    tl.assume(N > 0)
+    tl.assume(M >= 0)
+    tl.assume(H >= 0)
+    tl.assume(R > 0)
     io_dtype = w_ptr.dtype.element_ty
     h = tl.arange(0, BLOCK_H)
     r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -115,7 +120,9 @@ def _forward_kernel(
         bias = tl.load(bias_ptr + r, mask=r < R, other=0.0).to(ACC)
 
     n_blocks = tl.cdiv(N, BLOCK_I)
-    for item in range(tl.program_id(0), B * n_blocks, tl.num_programs(0)):
+    # On tensor cores the walk keeps its invariants inside it: hoisted, the paper tile kept one of
+    # them live across the key loop, in a spill slot. The FMA product ("ieee") spills more without.
+    for item in tl.range(tl.program_id(0), B * n_blocks, tl.num_programs(0), disable_licm=PRECISION != "ieee"):
         bat = (item // n_blocks).to(tl.int64)
         rows = (item % n_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
         a_tile = _load_rows(a_ptr, bat, rows, N, h, H).to(DIFF)
@@ -243,6 +250,7 @@ def backward(
         BLOCK_R=block_r,
         PRIVATE_DB=deterministic,
         ONE_KEY_TILE=not tune and M <= tile[1],
+        ONE_SLICE=slices == 1,
     )
     with launch.on_device(a):
         launch.launch(

@@ -92,14 +92,14 @@ def mean_weight(
 
 
 @triton.jit
-def _slice_operands(w_ptr, bias_ptr, R, H, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+def _slice_operands(w_ptr, bias_ptr, r_slice, R, H, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
                     BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr):  # fmt: skip
-    """(h0, h1, r, w0, w1, β_r) of R slice ``program_id(1)``: the H halves, the slice's rows, its
+    """(h0, h1, r, w0, w1, β_r) of R slice ``r_slice``: the H halves, the slice's rows, its
     W_r as two H halves and β_r (0 without a bias), loaded once per program: W_r stays in shared
     memory as the operand of every product of the walk."""
     h0 = tl.arange(0, BLOCK_H // 2)
     h1 = BLOCK_H // 2 + h0
-    r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r = r_slice * BLOCK_R + tl.arange(0, BLOCK_R)
     w0 = tl.load(w_ptr + r[:, None] * H + h0[None, :], mask=(r < R)[:, None] & (h0 < H)[None, :], other=0.0)
     w1 = tl.load(w_ptr + r[:, None] * H + h1[None, :], mask=(r < R)[:, None] & (h1 < H)[None, :], other=0.0)
     if HAS_BIAS:
@@ -172,7 +172,7 @@ def backward_rows_kernel(
     a_ptr, b_ptr, w_ptr, bias_ptr, mask_ptr, grad_ptr,
     da_part_ptr, w_part_ptr, db_ptr,
     B, N, M, H, R, SIZE_CLASS, inv_m,
-    PRIVATE_DB: tl.constexpr, ONE_KEY_TILE: tl.constexpr,
+    PRIVATE_DB: tl.constexpr, ONE_KEY_TILE: tl.constexpr, ONE_SLICE: tl.constexpr,
     INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     ACC: tl.constexpr, DIFF: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -185,12 +185,22 @@ def backward_rows_kernel(
     ((R slices, programs + B − 1, M, H), slab program + batch element), so that each address sums its
     terms in the program's order (deterministic mode; sum_slabs_kernel adds the slabs in a fixed order)."""
     program = tl.program_id(0)
+    # Known on the host; told to the compiler, they leave fewer values live across the key loop
+    # (sign extensions of the sizes, the slice's offsets), which ptxas would spill at H = 256.
+    tl.assume(B > 0)
+    tl.assume(N > 0)
+    tl.assume(M > 0)
+    tl.assume(H > 0)
+    tl.assume(R > 0)
+    r_slice = 0
+    if not ONE_SLICE:
+        r_slice = tl.program_id(1)
     HALF: tl.constexpr = BLOCK_H // 2
     # Where dW_r's accumulators take half of every thread's registers (all of R = 128 at H = 256),
     # values hoisted out of the key loop (shared-memory descriptors, offsets) stay live across it
     # and are spilled and reloaded every step; recomputed in the loop, they cost fewer instructions.
     KEEP_IN_LOOP: tl.constexpr = BLOCK_R * BLOCK_H >= 128 * 256
-    h0, h1, r, w0, w1, bias = _slice_operands(w_ptr, bias_ptr, R, H, HAS_BIAS, ACC, BLOCK_H, BLOCK_R)
+    h0, h1, r, w0, w1, bias = _slice_operands(w_ptr, bias_ptr, r_slice, R, H, HAS_BIAS, ACC, BLOCK_H, BLOCK_R)
     dw0 = tl.zeros((BLOCK_R, HALF), dtype=ACC)
     dw1 = tl.zeros((BLOCK_R, HALF), dtype=ACC)
     dbias_acc = tl.zeros((BLOCK_R,), dtype=ACC)
@@ -206,7 +216,7 @@ def backward_rows_kernel(
         bat = (item // n_blocks).to(tl.int64)
         slab = bat
         if PRIVATE_DB:
-            slab += tl.program_id(1) * (tl.num_programs(0) + B - 1) + program
+            slab += r_slice * (tl.num_programs(0) + B - 1) + program
         rows = (item % n_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
         scale = mean_weight(mask_ptr, bat, M, inv_m, HAS_MASK, ACC, BLOCK_J, ONE_KEY_TILE)
         dg = _load_t(grad_ptr, bat, rows, rows < N, N, r, R).to(ACC) * scale
@@ -236,8 +246,8 @@ def backward_rows_kernel(
             du, p = _half_gradient_t(a1, b1, w1, dz_op, INNER, ACC, DOT, PRECISION)
             da1, dw1 = _row_half_step(du, p, dz_op, da1, dw1, db_ptr, slab, keys, M, h1, H, ACC, PRECISION)
         da_dtype = da_part_ptr.dtype.element_ty  # fp32, or the input dtype when R is one slice
-        _store_t(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h0, H, round_to(da0, da_dtype))
-        _store_t(da_part_ptr, tl.program_id(1) * B + bat, rows, N, h1, H, round_to(da1, da_dtype))
+        _store_t(da_part_ptr, r_slice * B + bat, rows, N, h0, H, round_to(da0, da_dtype))
+        _store_t(da_part_ptr, r_slice * B + bat, rows, N, h1, H, round_to(da1, da_dtype))
     # Stored as dW_rᵀ tiles: Triton 3.6 then keeps no store offset across the walk (the row-major
     # store's were spilled in fast mode).
     w_part = w_part_ptr + program * (R * H + R)

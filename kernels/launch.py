@@ -105,10 +105,14 @@ BACKWARD_SM80: Tile = (16, 2, 8, 2)
 #: fp32 without TF32 multiplies with FMA (no MMA shape to fill, operands in registers): 8 rows × 2
 #: keys, for the reason of BACKWARD_SM80 (2×8 spilled 24 B on sm_80).
 IEEE_BACKWARD_TILE: Tile = (8, 2, 8, 1)
-#: Its forward, not autotuned: the tile the H200 timed with R slices of 64 (9.21 ms for 64 sets at
+#: The FMA forward's tiles state ptxas's register limit, 255, its default: without it ptxas gives
+#: Triton 3.8's code for them 32–48 registers and 5–20 KB of spills per thread, with it 255 and
+#: 0.8–6.4 KB (Triton 3.6's code takes 128–168 registers either way, spill-free).
+FMA_FORWARD_REGISTERS = 255
+#: The FMA forward, not autotuned: the tile the H200 timed with R slices of 64 (9.21 ms for 64 sets at
 #: the paper shape, against 19.3 ms with slices of 16). The tensor-core tiles spill 18–20 KB per
 #: thread as FMA tiles and 8×16 asks for 208 KB of shared memory, over sm_80's 163 KB.
-IEEE_FORWARD_TILE: Tile = (2, 32, 8, 2)
+IEEE_FORWARD_TILE: Tile = (2, 32, 8, 2, FMA_FORWARD_REGISTERS)
 
 
 #: sum_parts_kernel: columns per program, and partial rows read per step (loads in flight: at the
@@ -216,9 +220,11 @@ def forward_tile(x: torch.Tensor, n_own: int, n_loop: int) -> tuple[Tile, bool]:
     """(tile, autotune?) of the forward on x's device: a small set's one step, the fixed tile of fp32
     without TF32, else the autotune list."""
     small = small_set_tile(n_own, n_loop)
+    fma = operand_kind(x) == "ieee"
     if small is not None:
-        return (*small, SMALL_SET_WARPS, FORWARD_FIXED[3]), False
-    if operand_kind(x) == "ieee":
+        tile = (*small, SMALL_SET_WARPS, FORWARD_FIXED[3])
+        return ((*tile, FMA_FORWARD_REGISTERS) if fma else tile), False
+    if fma:
         return IEEE_FORWARD_TILE, False
     return FORWARD_FIXED, True
 

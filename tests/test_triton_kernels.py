@@ -273,11 +273,15 @@ def test_device_backward_tiles_match_the_reference(monkeypatch, tile, determinis
 
 
 def test_forward_tile_follows_the_set_size_and_precision(sm90):
-    """A clip runs one step, fp32 without TF32 its fixed FMA tile, everything else autotunes."""
+    """A clip runs one step, fp32 without TF32 its fixed FMA tile, everything else autotunes; the
+    FMA tiles state ptxas's register limit."""
     half, ieee = sm90(torch.bfloat16), sm90(torch.float32)
+    clip = (8, 8, launch.SMALL_SET_WARPS, launch.FORWARD_FIXED[3])
     assert launch.forward_tile(half, 128, 128) == (launch.FORWARD_FIXED, True)
     assert launch.forward_tile(ieee, 128, 128) == (launch.IEEE_FORWARD_TILE, False)
-    assert launch.forward_tile(half, 8, 8) == ((8, 8, launch.SMALL_SET_WARPS, launch.FORWARD_FIXED[3]), False)
+    assert launch.IEEE_FORWARD_TILE[4] == launch.FMA_FORWARD_REGISTERS
+    assert launch.forward_tile(half, 8, 8) == (clip, False)
+    assert launch.forward_tile(ieee, 8, 8) == ((*clip, launch.FMA_FORWARD_REGISTERS), False)
 
 
 def test_the_fp32_forward_tile_matches_the_reference(monkeypatch):
