@@ -106,6 +106,7 @@ def _forward_kernel(
 ):  # fmt: skip
     """g for the work items (batch element, block of BLOCK_I rows) of this program and R slice."""
     BLOCK_P: tl.constexpr = BLOCK_I * BLOCK_J
+    # Known on the host (it launches nothing for an empty g): offsets widen by zero extension.
     tl.assume(B > 0)
     tl.assume(N > 0)
     tl.assume(M >= 0)
