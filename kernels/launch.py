@@ -65,9 +65,9 @@ INTERPRETER_PROGRAMS = 3
 #: A launch configuration: (BLOCK_I rows, BLOCK_J keys, num_warps, num_stages[, registers per thread
 #: at most]). The lists are the fastest tiles of the H200 sweep (benchmarks/tile_sweep.py; RESULTS.md,
 #: "Launch sweep") at the paper shape and at N = 1024, which prefer different ones; autotuning picks
-#: among them on GPUs. A fixed tile may cap registers (ptxas's maxnreg), trading spills for
-#: resident warps; the sweep times the forward's N = 1024 tiles capped at 128 (RESULTS.md, "Sixth
-#: session"); the autotune lists hold none.
+#: among them on GPUs. A fixed tile may state ptxas's register limit (maxnreg): a cap that trades
+#: spills for resident warps (the sweep times the forward's N = 1024 tiles capped at 128; RESULTS.md,
+#: "Sixth session"), or FMA_FORWARD_REGISTERS; the autotune lists hold none.
 #: The backward runs one pipeline stage: with two, the key loop would prefetch a and b into
 #: unswizzled shared memory and read them back one value at a time in 16-way bank conflicts
 #: (RESULTS.md, "Sixth session"; 2.6x slower on the H200 in the first sweep). 16×4 with 8 warps,
