@@ -7,11 +7,14 @@ in PyTorch: every activation maps NaN to NaN, and the derivatives at NaN are tho
 
 from __future__ import annotations
 
+import struct
+
 import triton
 import triton.language as tl
 
 from fastrel import activations
 from fastrel.kernels import interpreting
+from fastrel.kernels.rounding import round_to
 
 LEAKY_SLOPE: tl.constexpr = tl.constexpr(activations.LEAKY_SLOPE)
 RELU: tl.constexpr = tl.constexpr(activations.CODES["relu"])
@@ -19,16 +22,30 @@ LEAKY_RELU: tl.constexpr = tl.constexpr(activations.CODES["leaky_relu"])
 ABS: tl.constexpr = tl.constexpr(activations.CODES["abs"])
 #: Compiled for a GPU, not run by the interpreter: inline PTX is available.
 INLINE_PTX: tl.constexpr = tl.constexpr(not interpreting())
+_SLOPE_BITS = struct.unpack("<I", struct.pack("<f", activations.LEAKY_SLOPE))[0]
+#: leaky_relu(a − b) of two packed values: the difference rounded once, each value times the fp32
+#: slope and rounded back, then max(d, slope·d) (NaN kept), as activation() forms it.
+BF16_LEAKY_PAIR: tl.constexpr = tl.constexpr(
+    "{ .reg .b32 m, d, s, l, h; mov.b32 m, 0xBF80BF80; fma.rn.bf16x2 d, $2, m, $1; "
+    f"shl.b32 l, d, 16; and.b32 h, d, 0xFFFF0000; mul.f32 l, l, 0f{_SLOPE_BITS:08X}; "
+    f"mul.f32 h, h, 0f{_SLOPE_BITS:08X}; cvt.rn.bf16x2.f32 s, h, l; max.NaN.bf16x2 $0, d, s; }}"
+)
+F16_LEAKY_PAIR: tl.constexpr = tl.constexpr(
+    "{ .reg .b32 m, d, s; .reg .b16 dl, dh; .reg .f32 l, h; mov.b32 m, 0xBC00BC00; "
+    "fma.rn.f16x2 d, $2, m, $1; mov.b32 {dl, dh}, d; cvt.f32.f16 l, dl; cvt.f32.f16 h, dh; "
+    f"mul.f32 l, l, 0f{_SLOPE_BITS:08X}; mul.f32 h, h, 0f{_SLOPE_BITS:08X}; cvt.rn.f16x2.f32 s, h, l; "
+    "max.NaN.f16x2 $0, d, s; }"
+)
 
 
 @triton.jit
 def activation(x, CODE: tl.constexpr):
     """δ(x) or σ(x), NaN passing through: relu is a NaN-propagating max (one packed max.NaN per two
-    half-precision values), leaky_relu is "x unless x < 0" (NaN is never < 0)."""
+    half-precision values), leaky_relu a NaN-propagating max(x, slope·x)."""
     if CODE == RELU:
         y = tl.maximum(x, tl.zeros(x.shape, x.dtype), propagate_nan=tl.PropagateNan.ALL)
     elif CODE == LEAKY_RELU:
-        y = tl.where(x < 0, x * tl.full(x.shape, LEAKY_SLOPE, x.dtype), x)
+        y = _leaky_relu(x)
     elif CODE == ABS:
         y = tl.abs(x)
     else:
@@ -37,13 +54,28 @@ def activation(x, CODE: tl.constexpr):
 
 
 @triton.jit
+def _leaky_relu(x):
+    """max(x, slope·x), leaky_relu for a slope below 1 (two instructions, NaN kept); bf16/fp16 take
+    the product in fp32 and round it to their dtype, as PyTorch does."""
+    if x.dtype == tl.bfloat16 or x.dtype == tl.float16:
+        wide = x.to(tl.float32)
+        y = round_to(tl.maximum(wide, wide * LEAKY_SLOPE, propagate_nan=tl.PropagateNan.ALL), x.dtype)
+    else:
+        y = tl.maximum(x, x * tl.full(x.shape, LEAKY_SLOPE, x.dtype), propagate_nan=tl.PropagateNan.ALL)
+    return y
+
+
+@triton.jit
 def pair_activation(a, b, CODE: tl.constexpr):
     """δ(a − b) in the dtype of a and b, broadcast against each other. relu on bf16 or fp16 is one
     fused fma.rn.relu (b·(−1) + a, rounded once as the subtraction is, NaN kept) per two values, where
     Triton 3.6 would subtract, widen each value to fp32, take the max and narrow again: four to five
-    instructions per two values in the forward's key loop."""
-    if INLINE_PTX and CODE == RELU and (a.dtype == tl.bfloat16 or a.dtype == tl.float16):
-        if a.dtype == tl.bfloat16:
+    instructions per two values in the forward's key loop. leaky_relu takes seven per two values
+    (Triton's own code about nine: it widens both operands of the max)."""
+    if INLINE_PTX and (CODE == RELU or CODE == LEAKY_RELU) and (a.dtype == tl.bfloat16 or a.dtype == tl.float16):
+        if CODE == LEAKY_RELU:
+            asm: tl.constexpr = BF16_LEAKY_PAIR if a.dtype == tl.bfloat16 else F16_LEAKY_PAIR
+        elif a.dtype == tl.bfloat16:
             asm: tl.constexpr = "{ .reg .b32 m; mov.b32 m, 0xBF80BF80; fma.rn.relu.bf16x2 $0, $2, m, $1; }"
         else:
             asm: tl.constexpr = "{ .reg .b32 m; mov.b32 m, 0xBC00BC00; fma.rn.relu.f16x2 $0, $2, m, $1; }"

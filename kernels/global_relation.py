@@ -33,11 +33,11 @@ from fastrel.kernels.activation import activation, pair_activation
 from fastrel.kernels.global_relation_backward import (
     backward_rows_kernel,
     mean_weight,
-    round_to,
     sum_parts_kernel,
     sum_slabs_kernel,
     valid_keys,
 )
+from fastrel.kernels.rounding import round_to
 
 Tensor = torch.Tensor
 
@@ -180,7 +180,7 @@ def _pair_meta(a: Tensor, bias: Tensor | None, key_mask: Tensor | None, inner: s
         HAS_BIAS=bias is not None,
         HAS_MASK=key_mask is not None,
         ACC=launch.acc_dtypes(a.dtype)[1],
-        DIFF=launch.diff_dtype(a.dtype, inner),
+        DIFF=launch.diff_dtype(a.dtype),
         DOT=launch.dot_dtype(a.dtype),
         PRECISION=launch.precision(a.dtype),
     )

@@ -294,11 +294,10 @@ def dot_dtype(dtype: torch.dtype) -> tl.dtype:
     return {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}.get(dtype, tl.float16)
 
 
-def diff_dtype(dtype: torch.dtype, inner: str) -> tl.dtype:
-    """Dtype of a_i − b_j in the forward: bf16/fp16 on GPUs (packed half arithmetic; the product
-    operand is rounded to half precision either way), else the accumulation dtype. leaky_relu keeps
-    fp32 so that its slope is not rounded to half precision."""
-    if dtype in (torch.bfloat16, torch.float16) and not interpreting() and inner != "leaky_relu":
+def diff_dtype(dtype: torch.dtype) -> tl.dtype:
+    """Dtype of a_i − b_j: bf16/fp16 on GPUs (packed half arithmetic, rounded as the reference's
+    difference is), else the accumulation dtype."""
+    if dtype in (torch.bfloat16, torch.float16) and not interpreting():
         return dot_dtype(dtype)
     return acc_dtypes(dtype)[1]
 
