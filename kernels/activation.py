@@ -66,12 +66,14 @@ def _leaky_relu(x):
 
 
 @triton.jit
-def pair_activation(a, b, CODE: tl.constexpr):
+def pair_activation(a, b, CODE: tl.constexpr, DTYPE: tl.constexpr):
     """δ(a − b) in the dtype of a and b, broadcast against each other. relu on bf16 or fp16 is one
     fused fma.rn.relu (b·(−1) + a, rounded once as the subtraction is, NaN kept) per two values, where
     Triton 3.6 would subtract, widen each value to fp32, take the max and narrow again: four to five
     instructions per two values in the forward's key loop. leaky_relu takes seven per two values
-    (Triton's own code about nine: it widens both operands of the max)."""
+    (Triton's own code about nine: it widens both operands of the max). The difference is rounded
+    to DTYPE, the inputs' dtype, as the reference's is (a no-op on GPUs; under the interpreter the
+    kernels hold half-precision operands in fp32)."""
     if INLINE_PTX and (CODE == RELU or CODE == LEAKY_RELU) and (a.dtype == tl.bfloat16 or a.dtype == tl.float16):
         if CODE == LEAKY_RELU:
             asm: tl.constexpr = BF16_LEAKY_PAIR if a.dtype == tl.bfloat16 else F16_LEAKY_PAIR
@@ -81,7 +83,7 @@ def pair_activation(a, b, CODE: tl.constexpr):
             asm: tl.constexpr = "{ .reg .b32 m; mov.b32 m, 0xBC00BC00; fma.rn.relu.f16x2 $0, $2, m, $1; }"
         y = tl.inline_asm_elementwise(asm, "=r,r,r", [a, b], dtype=a.dtype, is_pure=True, pack=2)
     else:
-        y = activation(a - b, CODE)
+        y = activation(round_to(a - b, DTYPE).to(a.dtype), CODE)
     return y
 
 

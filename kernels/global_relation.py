@@ -64,12 +64,12 @@ def _pair_valid(keys_ok, BLOCK_I: tl.constexpr):
 
 
 @triton.jit
-def _pair_tile(a_tile, b_tile, INNER: tl.constexpr):
-    """δ(a_i − b_j) for every pair of the tile, (BLOCK_P, H)."""
+def _pair_tile(a_tile, b_tile, INNER: tl.constexpr, DTYPE: tl.constexpr):
+    """δ(a_i − b_j) for every pair of the tile, (BLOCK_P, H), the difference rounded to DTYPE."""
     rows: tl.constexpr = a_tile.shape[0]
     keys: tl.constexpr = b_tile.shape[0]
     cols: tl.constexpr = a_tile.shape[1]
-    return tl.reshape(pair_activation(a_tile[:, None, :], b_tile[None, :, :], INNER), (rows * keys, cols))
+    return tl.reshape(pair_activation(a_tile[:, None, :], b_tile[None, :, :], INNER, DTYPE), (rows * keys, cols))
 
 
 @triton.jit
@@ -131,7 +131,7 @@ def _forward_kernel(
         for j0 in range(0, M, BLOCK_J):
             keys = j0 + tl.arange(0, BLOCK_J)
             b_tile = _load_rows(b_ptr, bat, keys, M, h, H).to(DIFF)
-            p = round_to(_pair_tile(a_tile, b_tile, INNER), io_dtype).to(DOT)
+            p = round_to(_pair_tile(a_tile, b_tile, INNER, io_dtype), io_dtype).to(DOT)
             z = tl.dot(p, wt, input_precision=PRECISION, out_dtype=ACC)
             if HAS_BIAS:
                 z += bias[None, :]

@@ -94,9 +94,11 @@ def _slice_operands(w_ptr, bias_ptr, r_slice, R, H, HAS_BIAS: tl.constexpr, ACC:
 
 
 @triton.jit
-def _pair_difference_t(a_t, b_t):
-    """dᵀ (H, BLOCK_P): column i·BLOCK_J + j holds a_i − b_j; a_t (H, BLOCK_I), b_t (H, BLOCK_J)."""
-    return tl.reshape(a_t[:, :, None] - b_t[:, None, :], (a_t.shape[0], a_t.shape[1] * b_t.shape[1]))
+def _pair_difference_t(a_t, b_t, DTYPE: tl.constexpr):
+    """dᵀ (H, BLOCK_P): column i·BLOCK_J + j holds a_i − b_j rounded to DTYPE, the inputs' dtype, as
+    the reference's is (a no-op on GPUs, where the tiles are in DTYPE); a_t (H, BLOCK_I), b_t (H, BLOCK_J)."""
+    d = round_to(a_t[:, :, None] - b_t[:, None, :], DTYPE).to(a_t.dtype)
+    return tl.reshape(d, (a_t.shape[0], a_t.shape[1] * b_t.shape[1]))
 
 
 @triton.jit
@@ -112,8 +114,8 @@ def _relation_gradient_t(
     BLOCK_R: tl.constexpr = dg_rows.shape[0]
     BLOCK_I: tl.constexpr = dg_rows.shape[1]
     BLOCK_J: tl.constexpr = keys_ok.shape[0]
-    p0 = round_to(activation(_pair_difference_t(a0, b0), INNER), io_dtype).to(DOT)
-    p1 = round_to(activation(_pair_difference_t(a1, b1), INNER), io_dtype).to(DOT)
+    p0 = round_to(activation(_pair_difference_t(a0, b0, io_dtype), INNER), io_dtype).to(DOT)
+    p1 = round_to(activation(_pair_difference_t(a1, b1, io_dtype), INNER), io_dtype).to(DOT)
     z = tl.dot(w0.to(DOT), p0, input_precision=PRECISION, out_dtype=ACC)
     z = tl.dot(w1.to(DOT), p1, z, input_precision=PRECISION, out_dtype=ACC)
     if HAS_BIAS:
@@ -129,7 +131,7 @@ def _half_gradient_t(
     INNER: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """(duᵀ as (H/2, BLOCK_I, BLOCK_J), pᵀ) on one H half: dpᵀ = W_rᵀ dzᵀ, du = δ'(d) ⊙ dp."""
-    d = _pair_difference_t(a_half, b_half)
+    d = _pair_difference_t(a_half, b_half, w_half.dtype)
     dp = tl.dot(tl.trans(w_half.to(DOT)), dz_op, input_precision=PRECISION, out_dtype=ACC)
     du = tl.reshape(backprop(d, dp, INNER), (a_half.shape[0], a_half.shape[1], b_half.shape[1]))
     return du, round_to(activation(d, INNER), w_half.dtype).to(DOT)
