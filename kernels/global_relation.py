@@ -102,7 +102,7 @@ def _forward_kernel(
     INNER: tl.constexpr, OUTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
     ACC: tl.constexpr, DIFF: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
-    SELECT_KEYS: tl.constexpr, FOLD: tl.constexpr,
+    H_PARTS: tl.constexpr, SELECT_KEYS: tl.constexpr, FOLD: tl.constexpr,
 ):  # fmt: skip
     """g for the work items (batch element, block of BLOCK_I rows) of this program and R slice."""
     BLOCK_P: tl.constexpr = BLOCK_I * BLOCK_J
@@ -113,10 +113,16 @@ def _forward_kernel(
     tl.assume(H >= 0)
     tl.assume(R > 0)
     io_dtype = w_ptr.dtype.element_ty
-    h = tl.arange(0, BLOCK_H)
+    # The pair tile is formed in H_PARTS parts of H (launch.h_parts), one live at a time; a tuple
+    # holds each part's operands.
+    PART: tl.constexpr = BLOCK_H // H_PARTS
     r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
     # W_rᵀ (H, R slice): loaded once, a shared-memory dot operand for the whole walk.
-    wt = tl.load(w_ptr + r[None, :] * H + h[:, None], mask=(r < R)[None, :] & (h < H)[:, None], other=0.0).to(DOT)
+    wts = ()
+    for q in tl.static_range(H_PARTS):
+        h = q * PART + tl.arange(0, PART)
+        wt = tl.load(w_ptr + r[None, :] * H + h[:, None], mask=(r < R)[None, :] & (h < H)[:, None], other=0.0)
+        wts += (wt.to(DOT),)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + r, mask=r < R, other=0.0).to(ACC)
 
@@ -126,13 +132,19 @@ def _forward_kernel(
     for item in tl.range(tl.program_id(0), B * n_blocks, tl.num_programs(0), disable_licm=PRECISION != "ieee"):
         bat = (item // n_blocks).to(tl.int64)
         rows = (item % n_blocks) * BLOCK_I + tl.arange(0, BLOCK_I)
-        a_tile = _load_rows(a_ptr, bat, rows, N, h, H).to(DIFF)
+        a_tiles = ()
+        for q in tl.static_range(H_PARTS):
+            a_tiles += (_load_rows(a_ptr, bat, rows, N, q * PART + tl.arange(0, PART), H).to(DIFF),)
         acc = tl.zeros((BLOCK_P // FOLD, BLOCK_R), dtype=ACC)
         for j0 in range(0, M, BLOCK_J):
             keys = j0 + tl.arange(0, BLOCK_J)
-            b_tile = _load_rows(b_ptr, bat, keys, M, h, H).to(DIFF)
-            p = round_to(_pair_tile(a_tile, b_tile, INNER, io_dtype), io_dtype).to(DOT)
-            z = tl.dot(p, wt, input_precision=PRECISION, out_dtype=ACC)
+            for q in tl.static_range(H_PARTS):
+                b_tile = _load_rows(b_ptr, bat, keys, M, q * PART + tl.arange(0, PART), H).to(DIFF)
+                p = round_to(_pair_tile(a_tiles[q], b_tile, INNER, io_dtype), io_dtype).to(DOT)
+                if q == 0:
+                    z = tl.dot(p, wts[q], input_precision=PRECISION, out_dtype=ACC)
+                else:
+                    z = tl.dot(p, wts[q], z, input_precision=PRECISION, out_dtype=ACC)
             if HAS_BIAS:
                 z += bias[None, :]
             relation = activation(z, OUTER)
@@ -205,7 +217,9 @@ def forward(
     block_r = launch.r_slice(a, R, H, forward=True, one_step=launch.small_set_tile(N, M) is not None)
     grid = (launch.programs(a, B * N), launch.cdiv(R, block_r))
     args = (a, b, weight, bias if bias is not None else weight, _key_mask(key_mask, a), g)
-    meta = dict(_pair_meta(a, bias, key_mask, inner, outer), BLOCK_H=launch.pow2(H), BLOCK_R=block_r)
+    block_h = launch.pow2(H)
+    meta = dict(_pair_meta(a, bias, key_mask, inner, outer), BLOCK_H=block_h, BLOCK_R=block_r)
+    meta["H_PARTS"] = launch.h_parts(a.dtype, block_h)
     with launch.on_device(a):
         sizes = (B, N, M, H, R, launch.size_class(N, M), 1.0 / max(M, 1))
         launch.launch(_forward_kernel, _forward_tuned, grid, tile, tune, (*args, *sizes), meta)

@@ -113,6 +113,12 @@ FMA_FORWARD_REGISTERS = 255
 #: the paper shape, against 19.3 ms with slices of 16). The tensor-core tiles spill 18–20 KB per
 #: thread as FMA tiles and 8×16 asks for 208 KB of shared memory, over sm_80's 163 KB.
 IEEE_FORWARD_TILE: Tile = (2, 32, 8, 2, FMA_FORWARD_REGISTERS)
+#: TF32's forward forms its pair tile in parts of H_PART channels where H ≤ MAX_PARTED_H: whole, the
+#: 4-byte tile spilled 0.7–0.9 KB per thread with 170–190 spill instructions per step at the paper
+#: shape, in parts 16–20 B outside the loop (RESULTS.md, "Eighth session"). Parts of 32 lengthened
+#: N = 1024's loops; at H = 512 (R slices of 64) the whole tile spilled less on sm_90.
+H_PART = 64
+MAX_PARTED_H = 256
 
 
 #: sum_parts_kernel: columns per program, and partial rows read per step (loads in flight: at the
@@ -300,6 +306,14 @@ def diff_dtype(dtype: torch.dtype) -> tl.dtype:
     if dtype in (torch.bfloat16, torch.float16) and not interpreting():
         return dot_dtype(dtype)
     return acc_dtypes(dtype)[1]
+
+
+def h_parts(dtype: torch.dtype, block_h: int) -> int:
+    """Parts of H in which the forward forms its pair tile, one live at a time: TF32's 4-byte tile in
+    parts of H_PART channels up to MAX_PARTED_H, others whole."""
+    if dtype == torch.float32 and precision(dtype) == "tf32" and block_h <= MAX_PARTED_H:
+        return max(1, block_h // H_PART)
+    return 1
 
 
 def precision(dtype: torch.dtype) -> str:

@@ -323,6 +323,39 @@ def test_the_fp32_forward_tile_matches_the_reference(monkeypatch):
     torch.testing.assert_close(ours[0].cpu(), ref[0], rtol=1e-4, atol=1e-4)
 
 
+def test_only_tf32_forms_the_forwards_pair_tile_in_parts_of_h():
+    """Parts of 64 channels for TF32 up to H = 256 (4-byte pair tiles that spilled whole); bf16,
+    fp32 by FMA and wider H keep the whole tile."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert [launch.h_parts(torch.float32, h) for h in (32, 64, 128, 256, 512)] == [1, 1, 2, 4, 1]
+        assert launch.h_parts(torch.bfloat16, 256) == 1 and launch.h_parts(torch.float64, 256) == 1
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert launch.h_parts(torch.float32, 256) == 1
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+@pytest.mark.parametrize("H", [100, 130])
+def test_the_tf32_forward_formed_in_parts_of_h_matches_the_reference(H):
+    """With TF32 allowed the forward forms its 4-byte pair tile in parts of 64 channels (2 parts for
+    H = 100, 4 for H = 130, the last ones partly or wholly past H): g within twice the error of the
+    reference's own fp32 (TF32 on a GPU) against float64."""
+    usable(NAME)
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        assert launch.precision(torch.float32) == "tf32"
+        problem = Problem(B=2, N=9, M=21, H=H, R=24, mask="ragged", seed=4)
+        exact = run(problem, None, torch.float64, "cpu")[0]
+        ours = run(problem, NAME, torch.float32, device_for(NAME))[0]
+        ref = run(problem, None, torch.float32, device_for(NAME))[0]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    assert rel_error(ours, exact) <= 2 * rel_error(ref, exact) + torch.finfo(torch.float32).eps
+
+
 @pytest.mark.parametrize("programs, r_slice", [(1, 32), (2, 16), (3, 32), (5, 16), (11, 32)])
 def test_deterministic_db_is_right_however_the_programs_split_the_batch(monkeypatch, programs, r_slice):
     """Deterministic mode adds db into one slab per program and batch element; sum_slabs_kernel sums them.
