@@ -119,6 +119,7 @@ def _activated(x_ptr, out_ptr, n: tl.constexpr, CODE: tl.constexpr):
     tl.store(out_ptr + i, activation(tl.load(x_ptr + i), CODE))
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", activations.INNER)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_every_activation_of_every_half_precision_value_equals_pytorchs(dtype, name):
@@ -337,6 +338,7 @@ def test_only_tf32_forms_the_forwards_pair_tile_in_parts_of_h():
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("H", [100, 130])
 def test_the_tf32_forward_formed_in_parts_of_h_matches_the_reference(H):
     """With TF32 allowed the forward forms its 4-byte pair tile in parts of 64 channels (2 parts for
