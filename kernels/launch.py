@@ -113,12 +113,12 @@ FMA_FORWARD_REGISTERS = 255
 #: the paper shape, against 19.3 ms with slices of 16). The tensor-core tiles spill 18–20 KB per
 #: thread as FMA tiles and 8×16 asks for 208 KB of shared memory, over sm_80's 163 KB.
 IEEE_FORWARD_TILE: Tile = (2, 32, 8, 2, FMA_FORWARD_REGISTERS)
-#: TF32's forward forms its pair tile in parts of H_PART channels where H ≤ MAX_PARTED_H: whole, the
-#: 4-byte tile spilled 0.7–0.9 KB per thread with 170–190 spill instructions per step at the paper
-#: shape, in parts 16–20 B outside the loop (RESULTS.md, "Eighth session"). Parts of 32 lengthened
-#: N = 1024's loops; at H = 512 (R slices of 64) the whole tile spilled less on sm_90.
-H_PART = 64
-MAX_PARTED_H = 256
+#: Where the forward forms its pair tile in parts of H, one part live at a time, by operand kind:
+#: (channels per part, the BLOCK_H it applies to). Whole, TF32's 4-byte tile at H = 256 and the
+#: bf16/fp16 tile at H = 512 spilled 0.7–0.9 KB per thread with 170–190 spill instructions per step;
+#: in these parts 16–36 B, outside the loop (RESULTS.md, "Eighth session"). Smaller parts lengthened
+#: the loops, larger ones left spills in them; TF32 at H = 512 (R slices of 64) spilled less whole.
+H_PARTS: dict[str, tuple[int, tuple[int, ...]]] = {"tf32": (64, (128, 256)), "half": (128, (512,))}
 
 
 #: sum_parts_kernel: columns per program, and partial rows read per step (loads in flight: at the
@@ -309,11 +309,11 @@ def diff_dtype(dtype: torch.dtype) -> tl.dtype:
 
 
 def h_parts(dtype: torch.dtype, block_h: int) -> int:
-    """Parts of H in which the forward forms its pair tile, one live at a time: TF32's 4-byte tile in
-    parts of H_PART channels up to MAX_PARTED_H, others whole."""
-    if dtype == torch.float32 and precision(dtype) == "tf32" and block_h <= MAX_PARTED_H:
-        return max(1, block_h // H_PART)
-    return 1
+    """Parts of H in which the forward forms its pair tile, one live at a time (H_PARTS), else 1."""
+    half = dtype in (torch.bfloat16, torch.float16)
+    kind = "half" if half else "tf32" if dtype == torch.float32 and precision(dtype) == "tf32" else None
+    channels, widths = H_PARTS.get(kind, (block_h, ()))
+    return block_h // channels if block_h in widths else 1
 
 
 def precision(dtype: torch.dtype) -> str:

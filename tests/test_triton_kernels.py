@@ -324,18 +324,30 @@ def test_the_fp32_forward_tile_matches_the_reference(monkeypatch):
     torch.testing.assert_close(ours[0].cpu(), ref[0], rtol=1e-4, atol=1e-4)
 
 
-def test_only_tf32_forms_the_forwards_pair_tile_in_parts_of_h():
-    """Parts of 64 channels for TF32 up to H = 256 (4-byte pair tiles that spilled whole); bf16,
-    fp32 by FMA and wider H keep the whole tile."""
+def test_the_forward_forms_its_pair_tile_in_parts_of_h_where_whole_it_spilled():
+    """Parts of 64 channels for TF32 at H = 128 and 256, of 128 for bf16/fp16 at H = 512; every other
+    case (fp32 by FMA, other widths) keeps the whole tile."""
     previous = torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cuda.matmul.allow_tf32 = True
         assert [launch.h_parts(torch.float32, h) for h in (32, 64, 128, 256, 512)] == [1, 1, 2, 4, 1]
-        assert launch.h_parts(torch.bfloat16, 256) == 1 and launch.h_parts(torch.float64, 256) == 1
+        assert [launch.h_parts(torch.bfloat16, h) for h in (128, 256, 512, 1024)] == [1, 1, 4, 1]
+        assert launch.h_parts(torch.float16, 512) == 4 and launch.h_parts(torch.float64, 256) == 1
         torch.backends.cuda.matmul.allow_tf32 = False
         assert launch.h_parts(torch.float32, 256) == 1
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+@pytest.mark.gpu
+def test_the_bf16_forward_formed_in_parts_of_h_is_within_twice_the_reference_error():
+    """H = 300 (BLOCK_H = 512): four parts of 128 channels, the last partly past H."""
+    usable(NAME)
+    problem = Problem(B=2, N=9, M=21, H=300, R=24, mask="ragged", seed=5)
+    exact = run(problem, None, torch.float64, "cpu")[0]
+    ours = run(problem, NAME, torch.bfloat16, device_for(NAME))[0]
+    ref = run(problem, None, torch.bfloat16, device_for(NAME))[0]
+    assert rel_error(ours, exact) <= 2 * rel_error(ref, exact) + torch.finfo(torch.bfloat16).eps
 
 
 @pytest.mark.gpu
