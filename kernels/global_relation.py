@@ -219,7 +219,7 @@ def forward(
     args = (a, b, weight, bias if bias is not None else weight, _key_mask(key_mask, a), g)
     block_h = launch.pow2(H)
     meta = dict(_pair_meta(a, bias, key_mask, inner, outer), BLOCK_H=block_h, BLOCK_R=block_r)
-    meta["H_PARTS"] = launch.h_parts(a.dtype, block_h)
+    meta["H_PARTS"] = launch.h_parts(a, block_h)
     with launch.on_device(a):
         sizes = (B, N, M, H, R, launch.size_class(N, M), 1.0 / max(M, 1))
         launch.launch(_forward_kernel, _forward_tuned, grid, tile, tune, (*args, *sizes), meta)

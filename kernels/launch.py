@@ -308,11 +308,9 @@ def diff_dtype(dtype: torch.dtype) -> tl.dtype:
     return acc_dtypes(dtype)[1]
 
 
-def h_parts(dtype: torch.dtype, block_h: int) -> int:
+def h_parts(x: torch.Tensor, block_h: int) -> int:
     """Parts of H in which the forward forms its pair tile, one live at a time (H_PARTS), else 1."""
-    half = dtype in (torch.bfloat16, torch.float16)
-    kind = "half" if half else "tf32" if dtype == torch.float32 and precision(dtype) == "tf32" else None
-    channels, widths = H_PARTS.get(kind, (block_h, ()))
+    channels, widths = H_PARTS.get(operand_kind(x), (block_h, ()))
     return block_h // channels if block_h in widths else 1
 
 

@@ -324,19 +324,15 @@ def test_the_fp32_forward_tile_matches_the_reference(monkeypatch):
     torch.testing.assert_close(ours[0].cpu(), ref[0], rtol=1e-4, atol=1e-4)
 
 
-def test_the_forward_forms_its_pair_tile_in_parts_of_h_where_whole_it_spilled():
+def test_the_forward_forms_its_pair_tile_in_parts_of_h_where_whole_it_spilled(sm90):
     """Parts of 64 channels for TF32 at H = 128 and 256, of 128 for bf16/fp16 at H = 512; every other
     case (fp32 by FMA, other widths) keeps the whole tile."""
-    previous = torch.backends.cuda.matmul.allow_tf32
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        assert [launch.h_parts(torch.float32, h) for h in (32, 64, 128, 256, 512)] == [1, 1, 2, 4, 1]
-        assert [launch.h_parts(torch.bfloat16, h) for h in (128, 256, 512, 1024)] == [1, 1, 4, 1]
-        assert launch.h_parts(torch.float16, 512) == 4 and launch.h_parts(torch.float64, 256) == 1
-        torch.backends.cuda.matmul.allow_tf32 = False
-        assert launch.h_parts(torch.float32, 256) == 1
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+    ieee = sm90(torch.float32)
+    assert [launch.h_parts(ieee, h) for h in (128, 256)] == [1, 1]
+    assert [launch.h_parts(sm90(torch.bfloat16), h) for h in (128, 256, 512, 1024)] == [1, 1, 4, 1]
+    assert launch.h_parts(sm90(torch.float16), 512) == 4 and launch.h_parts(sm90(torch.float64), 256) == 1
+    torch.backends.cuda.matmul.allow_tf32 = True  # the fixture restores it
+    assert [launch.h_parts(ieee, h) for h in (32, 64, 128, 256, 512)] == [1, 1, 2, 4, 1]
 
 
 @pytest.mark.gpu
