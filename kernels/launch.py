@@ -75,15 +75,24 @@ INTERPRETER_PROGRAMS = 3
 Tile = tuple[int, ...]
 FORWARD_TILES: list[Tile] = [(4, 16, 4, 2), (8, 16, 4, 2), (8, 16, 8, 2)]
 BACKWARD_TILES: list[Tile] = [(4, 16, 8, 1), (4, 16, 4, 1)]
-#: Autotuning times a config only where its largest accumulator fits a thread's registers (fp32
-#: values per thread, the tile over its program's threads). Forward: z (BLOCK_P × BLOCK_R, beside
-#: the pair tile and the accumulator); at the paper shape 8×16 with 4 warps needs 128, spilled
-#: 0.7 KB per thread and ran 2.0x slower than 4×16 on the H200 (2.84 against 1.42 ms); at N = 1024
-#: (R = 64) it needs 64 and is the fastest. Backward: the dW_r slice (BLOCK_R × BLOCK_H, resident
-#: for the program's walk); at the paper shape 4×16 with 4 warps needs 256, spilled 3.1 KB and ran
-#: 3.8x slower than with 8 warps (25.0 against 6.56 ms); at N = 1024 it needs 64 and is the fastest.
+#: Autotuning times a config only where its largest tiles fit a thread's registers (32-bit registers
+#: per thread, the tile over its program's threads): the resident accumulator, and the pair tile,
+#: formed each step. Forward: z (BLOCK_P × BLOCK_R fp32, beside the pair tile and the accumulator);
+#: at the paper shape 8×16 with 4 warps needs 128, spilled 0.7 KB per thread and ran 2.0x slower
+#: than 4×16 on the H200 (2.84 against 1.42 ms); at N = 1024 (R = 64) it needs 64 and is the
+#: fastest. Its pair tile (BLOCK_P × one H part of operands): on sm_80, with R slices of 64, the
+#: same tile passes z's test at the paper shape but its pair tile takes 128 registers, and it
+#: spilled 192 B per thread, reloaded every step (static check). Backward: the dW_r slice (BLOCK_R ×
+#: BLOCK_H fp32, resident for the program's walk); at the paper shape 4×16 with 4 warps needs 256,
+#: spilled 3.1 KB and ran 3.8x slower than with 8 warps (25.0 against 6.56 ms); at N = 1024 it needs
+#: 64 and is the fastest. Its pair tile (pᵀ, BLOCK_H × BLOCK_P operands, both H halves live for zᵀ):
+#: TF32's 4-byte operands take 64 registers at N = 1024 with 4 warps and 128 at the paper shape,
+#: which spilled 0.4 and 1.6 KB per thread, reloaded every step; TF32 at the paper shape then keeps
+#: the first config (8 warps, 40 B outside the loop).
 MAX_FORWARD_Z_REGISTERS = 64
+MAX_FORWARD_PAIR_REGISTERS = 64
 MAX_BACKWARD_DW_REGISTERS = 128
+MAX_BACKWARD_PAIR_REGISTERS = 32
 #: Warps of a small set's one-step tile (small_set_tile): 8, with which the clip launches compile
 #: without spills (4 spill 300-600 B per thread).
 SMALL_SET_WARPS = 8
@@ -176,21 +185,44 @@ def pair_fold(block_j: int, precision: str) -> int:
 
 
 def prune_forward(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
-    """The forward's autotune configs whose z tile fits (MAX_FORWARD_Z_REGISTERS)."""
+    """The forward's autotune configs whose z tile and pair tile fit (MAX_FORWARD_Z_REGISTERS,
+    MAX_FORWARD_PAIR_REGISTERS)."""
+    part = meta["BLOCK_H"] // meta["H_PARTS"] * _operand_words(meta)
     return _fitting(
-        configs, lambda c: c.kwargs["BLOCK_I"] * c.kwargs["BLOCK_J"] * meta["BLOCK_R"], MAX_FORWARD_Z_REGISTERS
+        configs,
+        [
+            (lambda c: _pairs(c) * meta["BLOCK_R"], MAX_FORWARD_Z_REGISTERS),
+            (lambda c: _pairs(c) * part, MAX_FORWARD_PAIR_REGISTERS),
+        ],
     )
 
 
 def prune_backward(configs: list[triton.Config], named_args: dict, **meta) -> list[triton.Config]:
-    """The backward's autotune configs whose dW_r slice fits (MAX_BACKWARD_DW_REGISTERS)."""
-    return _fitting(configs, lambda c: meta["BLOCK_R"] * meta["BLOCK_H"], MAX_BACKWARD_DW_REGISTERS)
+    """The backward's autotune configs whose dW_r slice and pair tile fit (MAX_BACKWARD_DW_REGISTERS,
+    MAX_BACKWARD_PAIR_REGISTERS)."""
+    pair = meta["BLOCK_H"] * _operand_words(meta)
+    return _fitting(
+        configs,
+        [
+            (lambda c: meta["BLOCK_R"] * meta["BLOCK_H"], MAX_BACKWARD_DW_REGISTERS),
+            (lambda c: _pairs(c) * pair, MAX_BACKWARD_PAIR_REGISTERS),
+        ],
+    )
 
 
-def _fitting(configs: list[triton.Config], elements, registers: int) -> list[triton.Config]:
-    """The configs whose tile of ``elements(config)`` fp32 values takes at most ``registers`` per
-    thread; the first config if none does."""
-    fits = [c for c in configs if elements(c) <= registers * 32 * c.num_warps]
+def _pairs(config: triton.Config) -> int:
+    return config.kwargs["BLOCK_I"] * config.kwargs["BLOCK_J"]
+
+
+def _operand_words(meta: dict) -> float:
+    """32-bit registers per element of the products' operands (DOT): 0.5 for bf16/fp16."""
+    return meta["DOT"].primitive_bitwidth / 32
+
+
+def _fitting(configs: list[triton.Config], tiles) -> list[triton.Config]:
+    """The configs each of whose ``tiles`` (elements(config) 32-bit values, registers per thread at
+    most) fits; the first config if none does."""
+    fits = [c for c in configs if all(elements(c) <= registers * 32 * c.num_warps for elements, registers in tiles)]
     return fits or configs[:1]
 
 

@@ -27,12 +27,13 @@ import static_check  # noqa: E402
 #:   and to 16 B when the kernel was told the sizes are positive and R is one slice (ONE_SLICE);
 #: - the forward's 4x16/4-warp tile at the paper shape (17% faster than 8x16/8-warp) spills no more
 #:   in bf16 (928, 164, 4, now 0 B); on sm_80, with R slices of 64 (launch.R_SLICE_SM80), it and
-#:   8x16/8 are spill-free, and N = 1024's 8x16/4-warp tile, which autotuning times there too,
-#:   spills 192 B;
+#:   8x16/8 are spill-free, and autotuning leaves out N = 1024's 8x16/4-warp tile (192 B there,
+#:   reloaded every step: launch.prune_forward, its pair tile);
 #: - the backward's 4x16/4-warp tile, the autotune candidate for N = 1024 sets (2.8x the 8-warp tile
 #:   there: 52 B in fast mode, 60 B in deterministic mode, which runs it there, 10% faster than the
 #:   2x32 tile); at the paper shape autotuning leaves it out (launch.prune_backward: 3.1 KB of
-#:   spills, 3.8x slower); TF32 compiles it there, with R slices of 32, at 1.6 KB;
+#:   spills, 3.8x slower), and with TF32 operands at both shapes (its pair tile: 1.6 KB at the paper
+#:   shape);
 #: - the forward's paper tiles in TF32, which form the pair tile in parts of H (launch.h_parts): 16-20 B
 #:   outside the loop (856 and 728 B, reloaded every step, formed whole);
 #: - sm_80's backward with R slices of 32 in bf16/fp16 (launch.R_SLICE_SM80: twice the
@@ -47,17 +48,13 @@ ALLOWED_SPILL_BYTES: dict[tuple[int, str, str, str], int] = {
     (90, "backward_rows_kernel", "bf16", "4x16x256x128 w8 s1"): 16,
     (90, "backward_rows_kernel", "bf16", "4x16x128x64 w4 s1"): 60,
     (90, "backward_rows_kernel", "fp32", "4x16x256x32 w8 s1"): 40,
-    (90, "backward_rows_kernel", "fp32", "4x16x256x32 w4 s1"): 1620,
-    (80, "_forward_kernel", "bf16", "8x16x256x64 w4 s2"): 192,
     (80, "backward_rows_kernel", "bf16", "16x2x256x32 w8 s2"): 16,
 }
 #: Of those, the launches whose hottest loop may also load or store spilled values (LDL/STL in its
 #: SASS body, reloaded every step); the others spill outside it, once per work item or program.
-#: Not here: the bf16 tiles that the paper shape and N = 1024 run on sm_90.
+#: Not here: any tensor-core launch, on sm_90 or sm_80.
 SPILLS_IN_LOOP: set[tuple[int, str, str, str]] = {
     (90, "_forward_kernel", "fp32", "8x8x256x64 w8 s2 r255"),
-    (90, "backward_rows_kernel", "fp32", "4x16x256x32 w4 s1"),
-    (80, "_forward_kernel", "bf16", "8x16x256x64 w4 s2"),
 }
 ARCHS = (90, 80)
 

@@ -482,17 +482,31 @@ def _tiles(configs: list[triton.Config]) -> list[tuple[int, int, int]]:
     return [(c.kwargs["BLOCK_I"], c.kwargs["BLOCK_J"], c.num_warps) for c in configs]
 
 
-def test_autotuning_skips_tiles_whose_accumulators_would_not_fit_in_registers():
-    """At the paper shape (H = 256, R = 128) the forward's 8×16 tile with 4 warps (z: 128 registers
-    per thread) and the backward's 4-warp tile (dW_r: 256) are not timed; at N = 1024's (H = 128,
-    R = 64) every tile is; the first config stays if none fits."""
+def test_autotuning_skips_tiles_whose_accumulators_or_pair_tiles_would_not_fit_in_registers():
+    """bf16 at the paper shape (H = 256, R = 128): the forward's 8×16 tile with 4 warps (z: 128
+    registers per thread) and the backward's 4-warp tile (dW_r: 256) are not timed; with sm_80's R
+    slices of 64 the forward's 8×16/4 is not either (its pair tile: 128). At N = 1024's (H = 128,
+    R = 64) every tile is. TF32 operands (4 bytes) leave out the backward's 4-warp tile at N = 1024
+    (pair tile: 64). The first config stays if none fits."""
     forward, backward = launch.configs(launch.FORWARD_TILES), launch.configs(launch.BACKWARD_TILES)
-    assert _tiles(launch.prune_forward(forward, {}, BLOCK_R=128)) == [(4, 16, 4), (8, 16, 8)]
-    assert _tiles(launch.prune_forward(forward, {}, BLOCK_R=64)) == _tiles(forward)
-    assert _tiles(launch.prune_forward(forward, {}, BLOCK_R=1024)) == [(4, 16, 4)]
-    assert _tiles(launch.prune_backward(backward, {}, BLOCK_R=128, BLOCK_H=256)) == [(4, 16, 8)]
-    assert _tiles(launch.prune_backward(backward, {}, BLOCK_R=64, BLOCK_H=128)) == _tiles(backward)
-    assert _tiles(launch.prune_backward(backward, {}, BLOCK_R=256, BLOCK_H=512)) == [(4, 16, 8)]
+    half, tf32 = {"DOT": tl.bfloat16, "H_PARTS": 1}, {"DOT": tl.float32, "H_PARTS": 1}
+
+    def tuned_forward(meta: dict, **sizes) -> list[tuple[int, int, int]]:
+        return _tiles(launch.prune_forward(forward, {}, **meta, **sizes))
+
+    def tuned_backward(meta: dict, **sizes) -> list[tuple[int, int, int]]:
+        return _tiles(launch.prune_backward(backward, {}, **meta, **sizes))
+
+    assert tuned_forward(half, BLOCK_H=256, BLOCK_R=128) == [(4, 16, 4), (8, 16, 8)]
+    assert tuned_forward(half, BLOCK_H=256, BLOCK_R=64) == [(4, 16, 4), (8, 16, 8)]
+    assert tuned_forward(half, BLOCK_H=128, BLOCK_R=64) == _tiles(forward)
+    assert tuned_forward(half, BLOCK_H=256, BLOCK_R=1024) == [(4, 16, 4)]
+    assert tuned_forward({**tf32, "H_PARTS": 4}, BLOCK_H=256, BLOCK_R=128) == [(4, 16, 4), (8, 16, 8)]
+    assert tuned_backward(half, BLOCK_R=128, BLOCK_H=256) == [(4, 16, 8)]
+    assert tuned_backward(half, BLOCK_R=64, BLOCK_H=128) == _tiles(backward)
+    assert tuned_backward(half, BLOCK_R=256, BLOCK_H=512) == [(4, 16, 8)]
+    assert tuned_backward(tf32, BLOCK_R=64, BLOCK_H=128) == [(4, 16, 8)]
+    assert tuned_backward(tf32, BLOCK_R=32, BLOCK_H=256) == [(4, 16, 8)]
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
