@@ -27,8 +27,9 @@ import static_check  # noqa: E402
 #:   and to 16 B when the kernel was told the sizes are positive and R is one slice (ONE_SLICE);
 #: - the forward's 4x16/4-warp tile at the paper shape (17% faster than 8x16/8-warp) spills no more
 #:   in bf16 (928, 164, 4, now 0 B); on sm_80, with R slices of 64 (launch.R_SLICE_SM80), it and
-#:   8x16/8 are spill-free, and autotuning leaves out N = 1024's 8x16/4-warp tile (192 B there,
-#:   reloaded every step: launch.prune_forward, its pair tile);
+#:   8x16/8 are spill-free, and at the paper shape autotuning leaves out the 8x16/4-warp tile
+#:   (N = 1024's fastest on the H200), which spilled 192 B there, reloaded every step
+#:   (launch.prune_forward: its pair tile);
 #: - the backward's 4x16/4-warp tile, the autotune candidate for N = 1024 sets (2.8x the 8-warp tile
 #:   there: 52 B in fast mode, 60 B in deterministic mode, which runs it there, 10% faster than the
 #:   2x32 tile); at the paper shape autotuning leaves it out (launch.prune_backward: 3.1 KB of
