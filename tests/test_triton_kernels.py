@@ -4,6 +4,7 @@ interpreter on CPU-only machines)."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -26,13 +27,22 @@ from fastrel.kernels.rounding import round_to
 NAME = "triton"
 
 
+@contextlib.contextmanager
+def _tf32(allowed: bool):
+    """torch.backends.cuda.matmul.allow_tf32 set inside the block, restored after it."""
+    previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
 @pytest.fixture
 def sm90(monkeypatch):
     """Stand-ins for tensors on a pretend sm_90 GPU with TF32 off, by dtype (what launch.py reads)."""
     monkeypatch.setattr(launch, "_capability", lambda x: 9)
-    previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
-    yield lambda dtype: SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
-    torch.backends.cuda.matmul.allow_tf32 = previous
+    with _tf32(False):
+        yield lambda dtype: SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
 
 
 def test_nan_in_a_b_or_weight_gives_the_reference_nan_pattern_forward_and_backward():
@@ -210,15 +220,12 @@ def test_backward_tile_and_r_slice_follow_the_device_capability(monkeypatch, cap
     sm_90 fast mode autotunes."""
     monkeypatch.setattr(launch, "_capability", lambda x: capability)
     x = SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
-    previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False
-    try:
+    with _tf32(False):
         assert launch.backward_tile(x, 128, 128, 256, r_slice, deterministic=True) == (tile, False)
         tuned = (capability, dtype) == (9, torch.bfloat16)
         assert launch.backward_tile(x, 128, 128, 256, r_slice, deterministic=False) == (tile, tuned)
         assert launch.r_slice(x, 128, 256, forward=False) == r_slice
         assert launch.r_slice(x, 128, 256, forward=True) == (64 if dtype == torch.float32 or capability == 8 else 128)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 @pytest.mark.parametrize("H, block_r, tile", [
@@ -246,11 +253,8 @@ def test_r_slice_keeps_the_w_slice_within_shared_memory(monkeypatch, forward, dt
     the block's shared memory (launch.R_SLICE)."""
     monkeypatch.setattr(launch, "_capability", lambda x: 9)
     x = SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
-    previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, tf32
-    try:
+    with _tf32(tf32):
         assert launch.r_slice(x, 256, H, forward=forward) == expected
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 @pytest.mark.parametrize("forward, dtype, tf32, H, one_step, expected", [
@@ -266,11 +270,8 @@ def test_sm80_r_slices_keep_spills_out_of_the_loop(monkeypatch, forward, dtype, 
     against 16), and 16 with TF32 or FMA products, at H = 512 and for a clip's one step."""
     monkeypatch.setattr(launch, "_capability", lambda x: 8)
     x = SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype)
-    previous, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, tf32
-    try:
+    with _tf32(tf32):
         assert launch.r_slice(x, 256, H, forward=forward, one_step=one_step) == expected
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 @pytest.mark.parametrize("deterministic", [True, False])
@@ -331,8 +332,8 @@ def test_the_forward_forms_its_pair_tile_in_parts_of_h_where_whole_it_spilled(sm
     assert [launch.h_parts(ieee, h) for h in (128, 256)] == [1, 1]
     assert [launch.h_parts(sm90(torch.bfloat16), h) for h in (128, 256, 512, 1024)] == [1, 1, 4, 1]
     assert launch.h_parts(sm90(torch.float16), 512) == 4 and launch.h_parts(sm90(torch.float64), 256) == 1
-    torch.backends.cuda.matmul.allow_tf32 = True  # the fixture restores it
-    assert [launch.h_parts(ieee, h) for h in (32, 64, 128, 256, 512)] == [1, 1, 2, 4, 1]
+    with _tf32(True):
+        assert [launch.h_parts(ieee, h) for h in (32, 64, 128, 256, 512)] == [1, 1, 2, 4, 1]
 
 
 @pytest.mark.gpu
@@ -353,16 +354,12 @@ def test_the_tf32_forward_formed_in_parts_of_h_matches_the_reference(H):
     H = 100, 4 for H = 130, the last ones partly or wholly past H): g within twice the error of the
     reference's own fp32 (TF32 on a GPU) against float64."""
     usable(NAME)
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
+    with _tf32(True):
         assert launch.precision(torch.float32) == "tf32"
         problem = Problem(B=2, N=9, M=21, H=H, R=24, mask="ragged", seed=4)
         exact = run(problem, None, torch.float64, "cpu")[0]
         ours = run(problem, NAME, torch.float32, device_for(NAME))[0]
         ref = run(problem, None, torch.float32, device_for(NAME))[0]
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
     assert rel_error(ours, exact) <= 2 * rel_error(ref, exact) + torch.finfo(torch.float32).eps
 
 
